@@ -1,0 +1,116 @@
+"""Turn a pytest-benchmark JSON file into markdown tables and plots, one table and one plot per op.
+
+    python benchmarks/report.py RESULTS.json --out DIR
+
+For each (op, shape) the fastest implementation is bold and every row shows its speed-up against the
+``baseline`` implementations measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+from common import PEAK_BANDWIDTH_GBPS
+
+
+def load_rows(path: str) -> list[dict]:
+    with open(path) as handle:
+        data = json.load(handle)
+    rows = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if "op" not in info:
+            continue
+        median = bench["stats"]["median"]
+        row = dict(info, name=bench["name"], median_s=median)
+        row["tflops"] = info["flops"] / median / 1e12 if info.get("flops") else None
+        row["gbps"] = info["bytes_moved"] / median / 1e9 if info.get("bytes_moved") else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def write_tables(rows: list[dict], out_dir: str) -> str:
+    by_op = defaultdict(list)
+    for row in rows:
+        by_op[row["op"]].append(row)
+    lines = []
+    for op, op_rows in sorted(by_op.items()):
+        lines += [f"## {op}", "", f"device: {op_rows[0].get('device')}", "",
+                  "| shape | impl | median ms | speed-up vs slowest | TFLOP/s | GB/s | % of HBM peak | peak MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        by_shape = defaultdict(list)
+        for row in op_rows:
+            by_shape[row["shape"]].append(row)
+        for shape, shape_rows in by_shape.items():
+            slowest = max(r["median_s"] for r in shape_rows)
+            fastest = min(r["median_s"] for r in shape_rows)
+            for r in sorted(shape_rows, key=lambda r: r["median_s"]):
+                impl = f"**{r['impl']}**" if r["median_s"] == fastest else r["impl"]
+                peak = r.get("peak_memory_bytes")
+                pct = 100 * r["gbps"] / PEAK_BANDWIDTH_GBPS if r.get("gbps") and r.get("device") != "cpu" else None
+                lines.append(
+                    f"| {shape} | {impl} | {r['median_s'] * 1e3:.3f} | {slowest / r['median_s']:.2f}x | "
+                    f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['gbps'], '.0f')} | {_fmt(pct, '.0f')} | "
+                    f"{_fmt(peak / 2**20 if peak is not None else None, '.1f')} |"
+                )
+        lines.append("")
+    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "benchmarks.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
+def write_plots(rows: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_op = defaultdict(list)
+    for row in rows:
+        by_op[row["op"]].append(row)
+    paths = []
+    for op, op_rows in sorted(by_op.items()):
+        shapes = list(dict.fromkeys(r["shape"] for r in op_rows))
+        impls = list(dict.fromkeys(r["impl"] for r in op_rows))
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4))
+        width = 0.8 / len(impls)
+        for i, impl in enumerate(impls):
+            times = {r["shape"]: r["median_s"] * 1e3 for r in op_rows if r["impl"] == impl}
+            xs = [j + i * width for j, s in enumerate(shapes) if s in times]
+            ax.bar(xs, [times[s] for s in shapes if s in times], width, label=impl)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+        ax.set_xticklabels(shapes, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("median time (ms, lower is better)")
+        ax.set_yscale("log")
+        ax.set_title(f"{op} ({op_rows[0].get('device')})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{op}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.results))
+    os.makedirs(out_dir, exist_ok=True)
+    rows = load_rows(args.results)
+    print(write_tables(rows, out_dir))
+    write_plots(rows, out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""electra-fast: Triton kernels and a PyTorch pre-trainer that make ELECTRA pre-training fast."""
+
+from .backend import use_backend
+from .ops import attention, generator_loss_and_sample, mask_tokens, rtd_loss
+from .reference import MaskedTokens, RTDOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention",
+    "generator_loss_and_sample",
+    "mask_tokens",
+    "rtd_loss",
+    "MaskedTokens",
+    "RTDOutput",
+    "use_backend",
+]

@@ -1,0 +1,78 @@
+"""Which implementation an op runs: Triton kernels or the PyTorch reference (DESIGN §3, Dispatch).
+
+``ELECTRA_FAST_BACKEND=auto`` (default) runs Triton kernels on CUDA tensors, and on CPU tensors when
+``TRITON_INTERPRET=1`` is set; otherwise the reference. ``triton`` and ``reference`` force one side;
+forcing ``triton`` where it cannot run is an error. ``use_backend(name)`` does the same in code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("electra_fast_backend", default=None)
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the block on ``name`` ("auto", "triton" or "reference")."""
+    token = _override.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def requested_backend() -> str:
+    name = _override.get()
+    if name is None:
+        name = os.environ.get("ELECTRA_FAST_BACKEND", "auto").strip().lower() or "auto"
+        if name not in BACKENDS:
+            raise ValueError(f"ELECTRA_FAST_BACKEND must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_can_run(device: torch.device) -> bool:
+    """Triton runs compiled on CUDA devices and interpreted on the CPU when TRITON_INTERPRET=1."""
+    if not triton_importable():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether an op on ``device`` runs its Triton kernel (True) or the reference (False)."""
+    name = requested_backend()
+    if name == "reference":
+        return False
+    if triton_can_run(device):
+        return True
+    if name == "triton":
+        raise RuntimeError(
+            f"backend 'triton' was forced but Triton cannot run on {device}: it needs a CUDA device, or "
+            "TRITON_INTERPRET=1 set before Triton is imported for CPU tensors"
+        )
+    return False

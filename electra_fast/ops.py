@@ -1,0 +1,241 @@
+"""The public, differentiable ops of electra-fast (DESIGN §3).
+
+Each op validates its arguments (errors name the argument), then runs either its Triton kernel through the
+torch.library custom op in ``electra_fast.fused.<op>`` or the literal PyTorch version in
+``electra_fast.reference``, as ``electra_fast.backend`` decides for the inputs' device.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import reference
+from . import validation as check
+from .backend import use_triton
+from .reference import MaskedTokens, RTDOutput
+from .rng import check_seed
+
+__all__ = ["mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "MaskedTokens", "RTDOutput"]
+
+MASKING_MODES = ("exact", "bernoulli")
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    mask_token_id: int,
+    special_token_ids: Sequence[int] = (),
+    mask_prob: float = 0.15,
+    max_predictions: Optional[int] = None,
+    mask_token_prob: float = 0.85,
+    random_token_prob: float = 0.0,
+    vocab_size: Optional[int] = None,
+    mode: str = "exact",
+    seed: int = 0,
+    check_ids: Optional[bool] = None,
+) -> MaskedTokens:
+    """Choose positions to corrupt and corrupt them (DESIGN §1.1); fixed-shape outputs, see ``MaskedTokens``.
+
+    ``check_ids`` verifies that ids lie in [0, vocab_size) (a device synchronisation); by default it is on
+    for the reference path and off for the kernel path.
+    """
+    check.tensor("input_ids", input_ids, dims=2, dtypes=check.INTEGER_DTYPES)
+    check.non_empty("input_ids", input_ids)
+    if attention_mask is not None:
+        check.tensor("attention_mask", attention_mask, dims=2)
+        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+            raise TypeError(f"attention_mask must be bool or integer (1 = real token), got {attention_mask.dtype}")
+        check.same_shape("attention_mask", attention_mask, input_ids.shape, "the shape of input_ids")
+        check.same_device("attention_mask", attention_mask, input_ids, "input_ids")
+    check.positive_int("mask_token_id", mask_token_id, minimum=0)
+    special_token_ids = tuple(special_token_ids)
+    for special in special_token_ids:
+        check.positive_int("special_token_ids[i]", special, minimum=0)
+    check.probability("mask_prob", mask_prob, low_open=True)
+    if max_predictions is not None:
+        check.positive_int("max_predictions", max_predictions)
+    check.probability("mask_token_prob", mask_token_prob)
+    check.probability("random_token_prob", random_token_prob)
+    if mask_token_prob + random_token_prob > 1 + 1e-9:
+        raise ValueError(
+            f"mask_token_prob + random_token_prob must be <= 1, got {mask_token_prob} + {random_token_prob}"
+        )
+    if mode not in MASKING_MODES:
+        raise ValueError(f"mode must be one of {MASKING_MODES}, got {mode!r}")
+    if vocab_size is not None:
+        check.positive_int("vocab_size", vocab_size)
+        if mask_token_id >= vocab_size:
+            raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
+    if random_token_prob > 0 and vocab_size is None:
+        raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
+    seed = check_seed(seed)
+    kernel = use_triton(input_ids.device)
+    if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
+        check.ids_in_vocab("input_ids", input_ids, vocab_size)
+    return reference.mask_tokens(
+        input_ids,
+        attention_mask,
+        mask_token_id=mask_token_id,
+        special_token_ids=special_token_ids,
+        mask_prob=mask_prob,
+        max_predictions=max_predictions,
+        mask_token_prob=mask_token_prob,
+        random_token_prob=random_token_prob,
+        vocab_size=vocab_size,
+        mode=mode,
+        seed=seed,
+    )
+
+
+def generator_loss_and_sample(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+    *,
+    temperature: float = 1.0,
+    disallow_correct: bool = False,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator LM head + weighted-mean cross-entropy + Gumbel-max sample at the slots (DESIGN §1.2-1.3).
+
+    ``hidden`` [M, E], ``weight`` [V, E] (the tied word embeddings), ``bias`` [V] or None, ``targets`` [M]
+    ids, ``weights`` [M] (1 real slot, 0 padding). Returns the fp32 loss and int64 samples [M]; the samples
+    carry no gradient.
+    """
+    check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.non_empty("hidden", hidden)
+    check.tensor("weight", weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"weight must have shape [V, {hidden.shape[1]}] (E of hidden), got {tuple(weight.shape)}")
+    check.same_device("weight", weight, hidden, "hidden")
+    vocab_size = weight.shape[0]
+    if bias is not None:
+        check.tensor("bias", bias, dims=1, dtypes=check.FLOAT_DTYPES)
+        check.same_shape("bias", bias, (vocab_size,), "[V], V = weight.shape[0]")
+        check.same_device("bias", bias, hidden, "hidden")
+    check.tensor("targets", targets, dims=1, dtypes=check.INTEGER_DTYPES)
+    check.same_shape("targets", targets, (hidden.shape[0],), "[M], M = hidden.shape[0]")
+    check.same_device("targets", targets, hidden, "hidden")
+    if weights is not None:
+        check.tensor("weights", weights, dims=1)
+        check.same_shape("weights", weights, (hidden.shape[0],), "[M], M = hidden.shape[0]")
+        check.same_device("weights", weights, hidden, "hidden")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    seed = check_seed(seed)
+    if not use_triton(hidden.device):
+        check.ids_in_vocab("targets", targets, vocab_size)
+    return reference.generator_loss_and_sample(
+        hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
+    )
+
+
+RTD_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+def rtd_loss(
+    hidden: torch.Tensor,
+    dense_weight: torch.Tensor,
+    dense_bias: Optional[torch.Tensor],
+    prediction_weight: torch.Tensor,
+    prediction_bias: Optional[torch.Tensor],
+    corrupted_ids: torch.Tensor,
+    original_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    activation: str = "gelu",
+) -> RTDOutput:
+    """Discriminator head + replaced-token-detection loss and metrics (DESIGN §1.4-1.5).
+
+    ``hidden`` [..., H] is the discriminator's sequence output; ``dense_*`` the head's H x H layer,
+    ``prediction_*`` its H -> 1 layer (weight [1, H]); ids and ``attention_mask`` have hidden's leading shape.
+    """
+    check.tensor("hidden", hidden, dtypes=check.FLOAT_DTYPES)
+    if hidden.dim() < 2:
+        raise ValueError(f"hidden must have shape [..., H], got {tuple(hidden.shape)}")
+    check.non_empty("hidden", hidden)
+    width = hidden.shape[-1]
+    check.tensor("dense_weight", dense_weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.same_shape("dense_weight", dense_weight, (width, width), "[H, H], H = hidden.shape[-1]")
+    if dense_bias is not None:
+        check.tensor("dense_bias", dense_bias, dims=1, dtypes=check.FLOAT_DTYPES)
+        check.same_shape("dense_bias", dense_bias, (width,), "[H]")
+    check.tensor("prediction_weight", prediction_weight, dtypes=check.FLOAT_DTYPES)
+    if prediction_weight.numel() != width:
+        raise ValueError(f"prediction_weight must have shape [1, {width}], got {tuple(prediction_weight.shape)}")
+    if prediction_bias is not None:
+        check.tensor("prediction_bias", prediction_bias, dtypes=check.FLOAT_DTYPES)
+        if prediction_bias.numel() != 1:
+            raise ValueError(f"prediction_bias must have one element, got shape {tuple(prediction_bias.shape)}")
+    leading = hidden.shape[:-1]
+    for name, ids in (("corrupted_ids", corrupted_ids), ("original_ids", original_ids)):
+        check.tensor(name, ids, dtypes=check.INTEGER_DTYPES)
+        check.same_shape(name, ids, leading, "the leading shape of hidden")
+        check.same_device(name, ids, hidden, "hidden")
+    if attention_mask is not None:
+        check.tensor("attention_mask", attention_mask)
+        check.same_shape("attention_mask", attention_mask, leading, "the leading shape of hidden")
+        check.same_device("attention_mask", attention_mask, hidden, "hidden")
+    for name, param in (("dense_weight", dense_weight), ("prediction_weight", prediction_weight)):
+        check.same_device(name, param, hidden, "hidden")
+    if activation not in RTD_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {RTD_ACTIVATIONS}, got {activation!r}")
+    return reference.rtd_loss(
+        hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
+        attention_mask, activation=activation,
+    )
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    *,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Bidirectional attention on ``[B, heads, L, D]`` tensors with an optional key-padding mask.
+
+    ``key_padding_mask`` is ``[B, Lk]`` bool with True for a real key (transformers' attention_mask
+    convention), or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``. Returns ``[B, heads, Lq, D]``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check.tensor(name, t, dims=4, dtypes=check.FLOAT_DTYPES)
+        check.non_empty(name, t)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q [B, heads, Lq, D] and k [B, heads, Lk, D] disagree: {tuple(q.shape)} vs {tuple(k.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        check.same_device(name, t, q, "q")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    batch, heads, q_len, _ = q.shape
+    k_len = k.shape[2]
+    if key_padding_mask is not None:
+        check.tensor("key_padding_mask", key_padding_mask)
+        check.same_device("key_padding_mask", key_padding_mask, q, "q")
+        if key_padding_mask.dtype == torch.bool:
+            check.same_shape("key_padding_mask", key_padding_mask, (batch, k_len), "[B, Lk] bool")
+        elif key_padding_mask.dtype.is_floating_point:
+            try:
+                torch.broadcast_shapes(key_padding_mask.shape, (batch, heads, q_len, k_len))
+            except RuntimeError:
+                raise ValueError(
+                    f"key_padding_mask (additive) must broadcast to {(batch, heads, q_len, k_len)}, "
+                    f"got {tuple(key_padding_mask.shape)}"
+                ) from None
+        else:
+            raise TypeError(f"key_padding_mask must be bool [B, Lk] or an additive float mask, got {key_padding_mask.dtype}")
+    check.probability("dropout_p", dropout_p, high_open=True)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ValueError(f"scale must be a number > 0 or None, got {scale!r}")
+    seed = check_seed(seed)
+    return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)

@@ -1,0 +1,41 @@
+"""Run every Triton kernel on CUDA when a GPU exists, else through the Triton interpreter on the CPU.
+
+TRITON_INTERPRET must be set before Triton is first imported, so this happens at the top of conftest.
+"""
+
+import os
+
+import torch
+
+GPU = torch.cuda.is_available()
+if not GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where kernels run in this session: CUDA when present, else the CPU under the interpreter."""
+    return torch.device("cuda" if GPU else "cpu")
+
+
+@pytest.fixture(scope="session")
+def float_dtypes():
+    """Dtypes a kernel is tested in here: bf16 only on a GPU (the interpreter computes bf16 wrongly, DESIGN §6)."""
+    return (torch.float32, torch.float16, torch.bfloat16) if GPU else (torch.float32, torch.float16)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on a 2-core CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
