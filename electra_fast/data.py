@@ -10,8 +10,9 @@
 * Packing follows the official ``build_pretraining_dataset.py``: lines of one document are accumulated until
   they reach the target length, then split into one or two segments ``[CLS] A [SEP] B [SEP]`` (10 % of the
   time a single segment), a document's end flushes the sequence, and 5 % of the time the next target length
-  is a random length in [5, max_length] so the model also sees short inputs. Unlike the official code, a line
-  longer than a sequence is cut into pieces instead of being truncated.
+  is a random length in [5, max_length] so the model also sees short inputs. Unlike the official code, which
+  truncates what overflows the target (and loses it), the overflowing line is split and its rest starts the
+  next sequence: no token is lost.
 * Streaming. User corpora are read lazily, file by file; documents are shuffled locally through a seeded
   shuffle buffer of packed sequences and file order is reshuffled every epoch. The embedded corpus (about
   2 MB) is kept in memory and fully reshuffled every epoch.
@@ -289,12 +290,14 @@ class SequencePacker:
         self.length = 0
 
     def add_line(self, token_ids: list) -> Iterator[PackedSequence]:
-        """Add one tokenized line; yields a sequence whenever the target length is reached."""
-        piece = self.max_length - 3  # room left by [CLS] and two [SEP]
-        for start in range(0, len(token_ids), piece):
-            self.lines.append(token_ids[start:start + piece])
+        """Add one tokenized line; yields a sequence whenever the target length is reached. A line that
+        overflows the target is split, its rest starting the next sequence."""
+        while token_ids:
+            room = self.target_length - 3 - self.length  # 3: [CLS] and two [SEP]
+            self.lines.append(token_ids[:room])
             self.length += len(self.lines[-1])
-            if self.length >= self.target_length:
+            token_ids = token_ids[room:]
+            if self.length >= self.target_length - 3:
                 yield self._build()
 
     def end_document(self) -> Iterator[PackedSequence]:
@@ -311,17 +314,15 @@ class SequencePacker:
         second: list = []
         for line in self.lines:
             # A line joins the first segment while it fits, and with probability 1/2 when it overflows a
-            # first segment that is still short; everything after goes to the second segment.
-            if (
-                not first
-                or len(first) + len(line) < first_target
-                or (not second and len(first) < first_target and self.rng.random() < 0.5)
+            # first segment that is still short; everything after goes to the second segment (the official
+            # code may put a later short line back into the first segment, out of order; we keep the order).
+            if not first or (
+                not second
+                and (len(first) + len(line) < first_target or (len(first) < first_target and self.rng.random() < 0.5))
             ):
                 first += line
             else:
                 second += line
-        first = first[: self.max_length - 2]
-        second = second[: max(0, self.max_length - len(first) - 3)]
         self.lines, self.length = [], 0
         if self.rng.random() < SHORT_SEQUENCE_PROB:
             self.target_length = self.rng.randint(MIN_SHORT_LENGTH, self.max_length)
