@@ -62,7 +62,7 @@ def add_pretrain_command(commands) -> None:
     data.add_argument("--text-field", default=defaults.text_field, help="text field of JSONL records / dataset rows")
     data.add_argument("--tokenizer", help="local Hugging Face tokenizer directory or tokenizer.json (default: "
                       "train an uncased WordPiece tokenizer on the corpus, cached in OUTPUT_DIR/tokenizer)")
-    data.add_argument("--vocab-size", type=int, help="vocabulary of the trained tokenizer (default 8000 for tiny, "
+    data.add_argument("--vocab-size", type=int, help="vocabulary of the trained tokenizer (default 4000 for tiny, "
                       "else 30522)")
     data.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per sequence")
     data.add_argument("--shuffle-buffer", type=int, default=defaults.shuffle_buffer,
@@ -124,6 +124,9 @@ def pretrain(args) -> int:
     except UserInputError as error:
         print(f"electra-fast pretrain: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (the training loop saves a checkpoint on Ctrl-C itself)
+        print("electra-fast pretrain: interrupted", file=sys.stderr)
+        return 130
     if result.interrupted:
         return 130
     print(result.summary)

@@ -58,7 +58,7 @@ class PretrainConfig:
     data: Optional[str] = None
     text_field: str = "text"
     tokenizer: Optional[str] = None
-    vocab_size: Optional[int] = None  # trained tokenizer only; default 8000 for "tiny", else 30522
+    vocab_size: Optional[int] = None  # trained tokenizer only; default 4000 for "tiny", else 30522
     max_length: int = 128
     shuffle_buffer: int = 10_000
     # model
@@ -93,7 +93,7 @@ class PretrainConfig:
     # bookkeeping
     save_every: int = 1000
     keep_checkpoints: int = 3
-    log_every: int = 1
+    log_every: int = 10
     resume: Optional[str] = None  # "latest" or a checkpoint file
     overwrite: bool = False
 
@@ -319,7 +319,7 @@ def pretrain(
             stale.unlink(missing_ok=True)
 
     corpus = open_corpus(config.data, config.text_field)
-    vocab_size = config.vocab_size or (8000 if config.preset == "tiny" else 30522)
+    vocab_size = config.vocab_size or (4000 if config.preset == "tiny" else 30522)
     tokenizer = prepare_tokenizer(config.tokenizer, corpus, vocab_size, output_dir / "tokenizer", log=log)
 
     torch.manual_seed(config.seed)
@@ -339,7 +339,7 @@ def pretrain(
     step = 0
     if config.resume is not None:
         path = find_resume_checkpoint(config, output_dir)
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         check_same_run(config, state["config"], path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
