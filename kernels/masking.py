@@ -23,7 +23,6 @@ STREAM_RANDOM_TOKENS = tl.constexpr(3)
 SPECIAL_SLOTS = 9
 MIN_BLOCK_L = 128
 MAX_SEQ_LEN = 4096
-KEY_NOT_CANDIDATE = tl.constexpr(2**32)  # above every uint32 key
 
 
 @triton.jit
@@ -83,9 +82,8 @@ def mask_tokens_kernel(
     )
     candidate = valid & ~special
 
-    # uint32 priority keys held in int64; non-candidates sit above every key.
-    raw_keys = draw_uint32(seed, STREAM_MASK_KEYS, flat_index)
-    keys = tl.where(candidate, raw_keys.to(tl.int64), KEY_NOT_CANDIDATE)
+    # One uint32 priority key per token; only candidates are ever counted.
+    keys = draw_uint32(seed, STREAM_MASK_KEYS, flat_index)
     n_candidates = tl.sum(candidate.to(tl.int32), axis=1)
 
     # How many to choose. Exact: round-half-even(float32(n_valid) * float32(mask_prob)) clamped to [1, P],
@@ -98,22 +96,23 @@ def mask_tokens_kernel(
     n_exact = tl.minimum(tl.maximum(floor + round_up.to(tl.int32), 1), max_predictions)
     # Bernoulli: each candidate with probability mask_prob (its key's uniform), at most P; the chosen ones
     # are then the k smallest keys, as in the reference (same distribution: the count is symmetric in the keys).
-    selected = candidate & (uint32_to_uniform(raw_keys) < mask_prob)
+    selected = candidate & (uint32_to_uniform(keys) < mask_prob)
     n_bernoulli = tl.minimum(tl.sum(selected.to(tl.int32), axis=1), max_predictions)
     k = tl.minimum(tl.where(bernoulli, n_bernoulli, n_exact), n_candidates)
 
-    # threshold = the k-th smallest key: the least t with #{key <= t} >= k, found bit by bit from the top.
-    # Invariant: #{key < threshold} < k; each step tests whether the answer lies in the lower half.
-    threshold = n_valid.to(tl.int64) * 0
-    step = tl.full([], 2**31, tl.int64)
+    # threshold = the k-th smallest candidate key: the least t with #{key <= t} >= k, found bit by bit from the
+    # top in unsigned arithmetic (threshold + step never passes 2**32 - 1). Invariant: #{key < threshold} < k.
+    threshold = tl.zeros([BLOCK_ROWS], dtype=tl.uint32)
+    step = tl.full([], 2**31, tl.uint32)
     for _ in range(32):
-        n_at_most = tl.sum((keys <= (threshold + step - 1)[:, None]).to(tl.int32), axis=1)
+        at_most = candidate & (keys <= (threshold + step - 1)[:, None])
+        n_at_most = tl.sum(at_most.to(tl.int32), axis=1)
         threshold = tl.where(n_at_most < k, threshold + step, threshold)
         step = step >> 1
     # All keys below the threshold are chosen; of those equal to it, the first (k - n_below) by position.
-    below = keys < threshold[:, None]
+    below = candidate & (keys < threshold[:, None])
     n_below = tl.sum(below.to(tl.int32), axis=1)
-    tie = (keys == threshold[:, None]).to(tl.int32)
+    tie = (candidate & (keys == threshold[:, None])).to(tl.int32)
     tie_rank = tl.cumsum(tie, axis=1) - tie
     chosen = below | ((tie != 0) & (tie_rank < (k - n_below)[:, None]))
 
