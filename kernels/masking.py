@@ -87,12 +87,13 @@ def mask_tokens_kernel(
     n_candidates = tl.sum(candidate.to(tl.int32), axis=1)
 
     # How many to choose. Exact: round-half-even(float32(n_valid) * float32(mask_prob)) clamped to [1, P],
-    # rounded by hand (floor, then compare the exact fraction) so no libdevice call is needed.
+    # rounded by hand (floor, then compare with floor + 0.5) so no libdevice call is needed. The product is only
+    # compared, never added to: an add could be contracted into an FMA that skips its float32 rounding.
     n_valid = tl.sum(valid.to(tl.int32), axis=1)
     scaled = n_valid.to(tl.float32) * mask_prob
     floor = scaled.to(tl.int32)  # scaled >= 0, so truncation is floor
-    fraction = scaled - floor.to(tl.float32)  # exact in float32
-    round_up = (fraction > 0.5) | ((fraction == 0.5) & ((floor % 2) == 1))
+    midpoint = floor.to(tl.float32) + 0.5  # exact: floor <= 4096
+    round_up = (scaled > midpoint) | ((scaled == midpoint) & ((floor % 2) == 1))
     n_exact = tl.minimum(tl.maximum(floor + round_up.to(tl.int32), 1), max_predictions)
     # Bernoulli: each candidate with probability mask_prob (its key's uniform), at most P; the chosen ones
     # are then the k smallest keys, as in the reference (same distribution: the count is symmetric in the keys).
