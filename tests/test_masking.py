@@ -126,13 +126,14 @@ def test_equal_keys_are_broken_by_position(device):
         assert (bool(out.is_masked[0, first]), bool(out.is_masked[0, second])) == expected
 
 
-def test_kernel_one_row_per_program_matches_reference(device):
-    """The GPU launch configuration (BLOCK_ROWS=1), also under the interpreter."""
-    ids, mask = make_batch([70, 12, 0], 70, seed=12, device=device)
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_kernel_tiles_of_rows_match_reference(block_rows, device):
+    """One row per program (the GPU launch), and several rows per program with a partial last tile."""
+    ids, mask = make_batch([70, 12, 0, 70, 33], 70, seed=12, device=device)
     t_mask, t_random = reference.action_thresholds(0.8, 0.1)
     got = kernel.mask_tokens(ids, mask, seed=3, mask_token_id=MASK, special_ids=sorted({*SPECIALS, MASK}),
                              vocab_size=VOCAB, mask_prob=0.15, max_predictions=10, t_mask=t_mask, t_random=t_random,
-                             use_random=True, bernoulli=False, block_rows=1)
+                             use_random=True, bernoulli=False, block_rows=block_rows)
     expected = reference.mask_tokens(ids.cpu(), mask.cpu(), mask_token_id=MASK, special_token_ids=SPECIALS,
                                      vocab_size=VOCAB, max_predictions=10, mask_token_prob=0.8, random_token_prob=0.1,
                                      seed=3)
@@ -314,6 +315,8 @@ def test_other_bad_arguments_name_the_argument():
         call(ids, torch.ones(2, 8))
     with pytest.raises(ValueError, match="vocab_size is required when random_token_prob > 0"):
         call(ids, random_token_prob=0.1)
+    with pytest.raises(ValueError, match="random_token_prob > 0 needs a non-special id"):
+        call(ids, mask_token_id=2, special_token_ids=(0, 1), vocab_size=3, random_token_prob=0.1)
     with pytest.raises(ValueError, match="mode must be one of"):
         call(ids, mode="random")
 
