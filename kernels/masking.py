@@ -1,7 +1,7 @@
 """Fused ELECTRA masking: choose positions and corrupt them in one launch (DESIGN §1.1, §4).
 
-One program per row keeps the whole row in registers (up to ``MAX_SEQ_LEN`` tokens): it reads the ids and the
-attention mask once, draws a Philox priority key per candidate token, finds the k smallest keys by a 32-step
+Each program keeps whole rows in registers (up to ``MAX_SEQ_LEN`` tokens; one row per program on a GPU, a tile
+of rows under the interpreter, whose cost is per operation): it reads the ids and the attention mask once, draws a Philox priority key per candidate token, finds the k smallest keys by a 32-step
 binary search on the key bits (ties broken by position with a prefix sum), and writes the corrupted ids,
 ``is_masked``, and the fixed-size ``positions`` / ``targets`` / ``weights`` slots (slot = prefix count of chosen
 positions, so positions come out ascending). Every choice equals ``electra_fast.reference.mask_tokens`` bit for
