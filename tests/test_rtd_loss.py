@@ -219,6 +219,20 @@ def test_int32_ids_and_2d_hidden(device):
     torch.testing.assert_close(result.logits, expected.logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["reference", "kernel"])
+def test_flat_prediction_weight_and_length_one_sequences(device, implementation):
+    """A prediction weight given as [H] and a bias as [1, 1] give logits of the ids' shape, even when L = 1."""
+    params, corrupted, original, mask = make_inputs(3, 1, 64, device=device, seed=17)
+    expected = reference.rtd_loss(*params.values(), corrupted, original, mask)
+    params["prediction_weight"] = params["prediction_weight"].reshape(-1)
+    params["prediction_bias"] = params["prediction_bias"].reshape(1, 1)
+    fn = reference.rtd_loss if implementation == "reference" else fused.rtd_loss
+    result = fn(*params.values(), corrupted, original, mask)
+    assert result.logits.shape == corrupted.shape == (3, 1)
+    torch.testing.assert_close(result.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.loss, expected.loss, rtol=1e-5, atol=1e-6)
+
+
 def test_ops_dispatch_to_the_kernel(device, monkeypatch):
     """ef.rtd_loss runs the fused op wherever Triton can run, and the reference when that is forced."""
     params, corrupted, original, mask = make_inputs(2, 5, 64, device=device)
@@ -296,7 +310,7 @@ def hf_head_loss(model, sequence_output, labels, mask):
 
 
 @pytest.mark.parametrize("implementation", ["reference", "kernel"])
-@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"])
 def test_matches_hugging_face_electra_for_pretraining(device, implementation, activation):
     model = tiny_electra(activation)
     generator = torch.Generator().manual_seed(1)
