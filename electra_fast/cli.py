@@ -138,11 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
     add_pretrain_command(commands)
+    from . import bench, parity
+
+    parity.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.raw_argv = argv[1:]  # the sub-command's own arguments, for commands that re-run themselves
     return args.handler(args)
 
 
