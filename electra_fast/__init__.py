@@ -1,13 +1,14 @@
 """electra-fast: Triton kernels and a PyTorch pre-trainer that make ELECTRA pre-training fast."""
 
 from .backend import use_backend
-from .ops import attention, generator_loss_and_sample, mask_tokens, rtd_loss
+from .ops import attention, attention_varlen, generator_loss_and_sample, mask_tokens, rtd_loss
 from .reference import MaskedTokens, RTDOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "attention_varlen",
     "generator_loss_and_sample",
     "mask_tokens",
     "rtd_loss",
@@ -15,3 +16,10 @@ __all__ = [
     "RTDOutput",
     "use_backend",
 ]
+
+from . import hf_attention
+
+try:  # attn_implementation="electra_fast" in transformers models, when transformers is installed
+    hf_attention.register()
+except ImportError:  # pragma: no cover
+    pass
