@@ -16,9 +16,10 @@ transformers' [B, heads, L, D] views of [B, L, heads, D] projections are read in
 
 Numerics: scores, the online-softmax statistics, the accumulators and every gradient accumulator are fp32;
 softmax runs in base 2 (scores are pre-multiplied by scale * log2(e)) and only the natural-log LSE per row is
-saved. A query row with no unmasked key gets output 0 and LSE -inf. The matrix products take q, k, v, dO in
-their own dtype on a GPU (fp16/bf16 tensor cores, fp32 exactly with input_precision=DOT_PRECISION); FP32_DOTS upcasts
-them first (used for bf16 under the interpreter, which computes bf16 wrongly).
+saved. A query row with no unmasked key gets output 0 and LSE -inf. The matrix products take q, k, v, dO (and
+P, dS rounded to it) in the input dtype with fp32 accumulation: fp16/bf16 tensor cores on a GPU; fp32 runs only
+under the interpreter (exact, input_precision="ieee"). FP32_DOTS upcasts the operands first (bf16 under the
+interpreter, which computes bf16 wrongly).
 
 Dropout keeps probability (i, j) of head (b, h) iff Philox(seed, ATTENTION_DROPOUT, ((b * heads + h) * Lq +
 i) * Lk + j) >= p, with i, j positions inside the sequence and Lq, Lk the padded lengths (max_seqlen for packed
@@ -66,7 +67,7 @@ def attention_forward_kernel(
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol, stride_lseb, stride_lseh, stride_biasb, stride_biasl,
     n_batch, heads, q_len_padded, k_len_padded, scale_log2, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -100,7 +101,7 @@ def attention_forward_kernel(
         bias = tl.load(bias_row + cols * stride_biasl, mask=col_ok, other=float("-inf"))
         if FP32_DOTS:
             k = k.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2 + bias[None, :] * LOG2E
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2 + bias[None, :] * LOG2E
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         # While a row has seen only masked keys its max is -inf; subtract 0 instead to avoid inf - inf.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -113,7 +114,7 @@ def attention_forward_kernel(
         v = tl.load(v_head + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
         if FP32_DOTS:
             v = v.to(tl.float32)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
 
     empty_row = l_i == 0.0  # no unmasked key: output 0, LSE -inf
@@ -134,7 +135,7 @@ def attention_backward_dq_kernel(
     stride_ob, stride_oh, stride_ol, stride_dob, stride_doh, stride_dol, stride_dqb, stride_dqh, stride_dql,
     stride_lseb, stride_lseh, stride_biasb, stride_biasl,
     n_batch, heads, q_len_padded, k_len_padded, scale, scale_log2, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -180,14 +181,14 @@ def attention_backward_dq_kernel(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         # Recompute P = exp(S - LSE) exactly as the forward normalised it.
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2 + bias[None, :] * LOG2E
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2 + bias[None, :] * LOG2E
         p = tl.math.exp2(scores - lse_log2[:, None])
-        dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
+        dp = tl.dot(dout, tl.trans(v), input_precision="ieee")
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[:, None], cols[None, :])
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])  # gradient of the (natural-scale) scores, fp32
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
     dq = dq * scale
     tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + (row_start + rows[:, None]) * stride_dql + dims[None, :],
              dq.to(dq_ptr.dtype.element_ty), mask=tile_mask)
@@ -200,7 +201,7 @@ def attention_backward_dkdv_kernel(
     stride_dob, stride_doh, stride_dol, stride_dkb, stride_dkh, stride_dkl, stride_dvb, stride_dvh, stride_dvl,
     stride_lseb, stride_lseh, stride_biasb, stride_biasl,
     n_batch, heads, q_len_padded, k_len_padded, scale, scale_log2, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
@@ -243,10 +244,10 @@ def attention_backward_dkdv_kernel(
         if FP32_DOTS:
             q = q.to(tl.float32)
             dout = dout.to(tl.float32)
-        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale_log2 + bias[:, None] * LOG2E
+        scores_t = tl.dot(k, tl.trans(q), input_precision="ieee") * scale_log2 + bias[:, None] * LOG2E
         p_t = tl.math.exp2(scores_t - lse_log2[None, :])
         p_t = tl.where(row_ok[None, :], p_t, 0.0)
-        dp_t = tl.dot(v, tl.trans(dout), input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(dout), input_precision="ieee")
         if DROPOUT:
             keep_t = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[None, :], cols[:, None])
             dropout_scale = 1.0 / (1.0 - dropout_p)
@@ -254,9 +255,9 @@ def attention_backward_dkdv_kernel(
             dp_t = tl.where(keep_t, dp_t * dropout_scale, 0.0)
         else:
             p_dropped_t = p_t
-        dv = tl.dot(p_dropped_t.to(dout.dtype), dout, dv, input_precision=DOT_PRECISION)
+        dv = tl.dot(p_dropped_t.to(dout.dtype), dout, dv, input_precision="ieee")
         ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
     dk = dk * scale
     store_mask = (cols < k_stored)[:, None] & dim_ok[None, :]  # masked keys get explicit zero gradients
     tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + (row_start + cols[:, None]) * stride_dkl + dims[None, :],
@@ -270,29 +271,23 @@ def attention_backward_dkdv_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 HEAD_DIM_BLOCKS = (16, 32, 64, 128)  # head dims 1..128 are padded up to the next of these
-# AOT-compiled head dims per dtype: each BLOCK_D family's tiles (which alone decide registers) with and without
-# masked head dims; other dims reuse their family's tiles and compile on first use.
-REGISTERED_HEAD_DIMS = {"float16": (64, 80, 128), "bfloat16": (64, 80, 128), "float32": (64, 128)}
-_POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
+# AOT-compiled head dims: each BLOCK_D family's tiles (which alone decide registers) with and without masked
+# head dims; other dims reuse their family's tiles and compile on first use.
+REGISTERED_HEAD_DIMS = (64, 80, 128)
+# GPU dtypes. fp32 runs only under the interpreter: exact fp32 products have no tensor-core path and their
+# FMA tiles spill, so electra_fast.fused.attention sends fp32 CUDA tensors to the PyTorch reference.
+_POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16"}
 
 
-def _tile_configs(block_d: int, dtype_name: str, dropout: bool, interpreted: bool = False) -> dict:
+def _tile_configs(block_d: int, dropout: bool, interpreted: bool = False) -> dict:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, chosen to compile without spills on sm_80 and
-    sm_90a (Philox draws for dropout need smaller score tiles; fp32 products run without tensor cores). Under
+    sm_90a for fp16/bf16 (Philox draws for dropout need smaller score tiles; not tuned on hardware yet). Under
     the interpreter registers do not matter and large tiles mean fewer programs to simulate."""
     if interpreted:
         return dict.fromkeys(("forward", "dq", "dkdv"), (64, 64, 4, 1))
-    if dtype_name == "float32":
-        return {"forward": (64, 32, 8, 2), "dq": (32, 32, 8, 2), "dkdv": (32, 32, 8, 2)}
     if block_d == 128:
         return {"forward": (64, 32, 8, 2), "dq": (32, 64, 8, 2), "dkdv": (32, 32, 8, 2)}
     return {"forward": (128, 32, 8, 2) if dropout else (128, 64, 8, 3), "dq": (64, 32, 8, 2), "dkdv": (32, 64, 8, 2)}
-
-
-def dot_precision(dtype, interpreted: bool) -> str:
-    """fp32 products on a GPU run as three TF32 products (tf32x3: ~fp32 accuracy on tensor cores; exact fp32
-    FMA tiles do not fit in registers); fp16/bf16 products are exact in fp32 accumulation anyway."""
-    return "tf32x3" if dtype == torch.float32 and not interpreted else "ieee"
 
 
 def block_head_dim(head_dim: int) -> int:
@@ -332,13 +327,12 @@ def _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p):
     head_dim = q.shape[-1]
     block_d = block_head_dim(head_dim)
     interpreted = q.device.type == "cpu"
-    configs = _tile_configs(block_d, str(q.dtype).replace("torch.", ""), dropout_p > 0, interpreted)
+    configs = _tile_configs(block_d, dropout_p > 0, interpreted)
     n_batch = bounds.shape[1]
     heads = q.shape[1]
     # The interpreter computes bf16 wrongly (DESIGN §6): there the products run on fp32 copies.
     fp32_dots = interpreted and q.dtype == torch.bfloat16
-    constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout_p > 0, FP32_DOTS=fp32_dots, BLOCK_D=block_d,
-                      DOT_PRECISION=dot_precision(q.dtype, interpreted))
+    constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout_p > 0, FP32_DOTS=fp32_dots, BLOCK_D=block_d)
     return head_dim, configs, n_batch, heads, constexprs
 
 
@@ -403,10 +397,10 @@ def attention_backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: 
 def _register_configs():
     """One AOT entry per (dtype, head-dim block, dropout) the launchers can pick (DESIGN §6)."""
     for dtype_name, pointer in _POINTER_TYPES.items():
-        for head_dim in REGISTERED_HEAD_DIMS[dtype_name]:
+        for head_dim in REGISTERED_HEAD_DIMS:
             block_d = block_head_dim(head_dim)
             for dropout in (False, True):
-                configs = _tile_configs(block_d, dtype_name, dropout)
+                configs = _tile_configs(block_d, dropout)
                 for kernel, role, tensors in (
                     (attention_forward_kernel, "forward",
                      {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer}),
@@ -419,7 +413,7 @@ def _register_configs():
                 ):
                     block_m, block_n, num_warps, num_stages = configs[role]
                     constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      BLOCK_D=block_d, DOT_PRECISION=dot_precision(getattr(torch, dtype_name), False))
+                                      BLOCK_D=block_d)
                     signature = {}
                     for name in kernel.arg_names:
                         if name in constexprs:

@@ -17,6 +17,11 @@ from electra_fast.fused import attention as fused_attention
 from electra_fast.hf_attention import layer_seed
 from electra_fast.kernels import attention as attention_kernels
 
+# The dtype the kernels run the parity tests in: fp32 under the interpreter; fp16 on a GPU, where fp32 runs the
+# reference by design. TOLERANCE scales the fp32 tolerances to fp16 rounding.
+GPU = torch.cuda.is_available()
+DTYPE, TOLERANCE = (torch.float16, 500.0) if GPU else (torch.float32, 1.0)
+
 
 def projections(batch, heads, q_len, head_dim, dtype, device, k_len=None, seed=0):
     """q, k, v as transformers builds them: [B, heads, L, D] views of [B, L, heads, D] projections."""
@@ -54,6 +59,7 @@ def run_with_grads(fn, q, k, v, grad_out):
 def assert_close(actual, expected, tol, what):
     error = (actual.double() - expected.double()).abs().max().item()
     scale = expected.double().abs().max().item()
+    tol = tol * TOLERANCE
     assert error <= tol * max(scale, 1.0), f"{what}: max error {error:.3g} > {tol:g} x {max(scale, 1.0):.3g}"
 
 
@@ -62,7 +68,7 @@ def assert_close(actual, expected, tol, what):
     [(2, 2, 1, 1, 16), (3, 2, 17, 17, 32), (2, 3, 100, 100, 64), (1, 2, 129, 129, 80), (2, 2, 17, 40, 64)],
 )
 def test_fp32_matches_reference_output_lse_and_gradients(device, batch, heads, q_len, k_len, head_dim):
-    q, k, v = projections(batch, heads, q_len, head_dim, torch.float32, device, k_len=k_len)
+    q, k, v = projections(batch, heads, q_len, head_dim, DTYPE, device, k_len=k_len)
     lengths = [k_len] + [max(1, (k_len * (i + 1)) // (batch + 1)) for i in range(batch - 1)]
     mask = right_padding(lengths, k_len, device)
     if k_len > 3:
@@ -111,11 +117,11 @@ def test_fp16_error_within_twice_pytorch_fp16_error(device):
 
 def test_matches_transformers_eager_attention_with_4d_additive_mask(device):
     batch, heads, length, head_dim = 2, 3, 45, 32
-    q, k, v = projections(batch, heads, length, head_dim, torch.float32, device, seed=5)
+    q, k, v = projections(batch, heads, length, head_dim, DTYPE, device, seed=5)
     mask = right_padding([45, 20], length, device)
     additive = torch.zeros(batch, 1, 1, length, device=device).masked_fill(
-        ~mask[:, None, None, :], torch.finfo(torch.float32).min
-    )
+        ~mask[:, None, None, :], torch.finfo(DTYPE).min
+    ).to(DTYPE)
     module = torch.nn.Module().eval()
     grad_out = torch.randn(batch, length, heads, head_dim, generator=torch.Generator().manual_seed(6)).to(device)
     eager = run_with_grads(lambda *t: eager_attention_forward(module, *t, additive, scaling=0.3)[0], q, k, v, grad_out)
@@ -125,7 +131,7 @@ def test_matches_transformers_eager_attention_with_4d_additive_mask(device):
 
 
 def test_fully_masked_rows_give_zero_output_minus_inf_lse_and_zero_gradients(device):
-    q, k, v = projections(2, 2, 19, 16, torch.float32, device, seed=7)
+    q, k, v = projections(2, 2, 19, 16, DTYPE, device, seed=7)
     mask = right_padding([19, 0], 19, device)
     additive = torch.zeros(2, 1, 1, 19, device=device)
     additive[1] = float("-inf")
@@ -142,20 +148,20 @@ def test_fully_masked_rows_give_zero_output_minus_inf_lse_and_zero_gradients(dev
 def test_dropout_keeps_exactly_the_philox_mask_of_the_reference(device):
     """With q = k = 0 every probability is 1/Lk, and with v = I the output reveals the keep mask itself."""
     batch, heads, length, p, seed = 3, 4, 16, 0.3, 1234
-    q = torch.zeros(batch, heads, length, length, device=device)
-    v = torch.eye(length, device=device).expand(batch, heads, length, length)
+    q = torch.zeros(batch, heads, length, length, device=device, dtype=DTYPE)
+    v = torch.eye(length, device=device, dtype=DTYPE).expand(batch, heads, length, length)
     out = ef.attention(q, q, v, dropout_p=p, seed=seed)
     kept = out * length * (1 - p)
     index = torch.arange(batch * heads * length * length, device=device).view(batch, heads, length, length)
     expected = rng.draw_uniform(seed, rng.Stream.ATTENTION_DROPOUT, index) >= p
-    assert torch.allclose(kept, expected.float(), atol=1e-5)
+    assert torch.allclose(kept.float(), expected.float(), atol=1e-5 * TOLERANCE)
     fraction = expected.float().mean().item()
     assert abs(fraction - (1 - p)) < 5 * math.sqrt(p * (1 - p) / expected.numel())
     assert attention_kernels.ATTENTION_DROPOUT_STREAM == rng.Stream.ATTENTION_DROPOUT
 
 
 def test_dropout_output_and_gradients_match_reference_and_repeat_bitwise(device):
-    q, k, v = projections(2, 2, 45, 32, torch.float32, device, seed=8)
+    q, k, v = projections(2, 2, 45, 32, DTYPE, device, seed=8)
     mask = right_padding([45, 33], 45, device)
     grad_out = torch.randn(2, 2, 45, 32, generator=torch.Generator().manual_seed(9)).to(device)
     run = lambda seed: run_with_grads(lambda *t: ef.attention(*t, mask, dropout_p=0.25, seed=seed), q, k, v, grad_out)
@@ -170,7 +176,7 @@ def test_dropout_output_and_gradients_match_reference_and_repeat_bitwise(device)
 
 def test_packed_varlen_equals_padded_batch(device):
     lengths, heads, head_dim, max_len, p = [23, 5, 40], 2, 32, 40, 0.2
-    q, k, v = projections(len(lengths), heads, max_len, head_dim, torch.float32, device, seed=10)
+    q, k, v = projections(len(lengths), heads, max_len, head_dim, DTYPE, device, seed=10)
     mask = right_padding(lengths, max_len, device)
     cu_seqlens = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=device, dtype=torch.int32)
     pack = lambda t: t.transpose(1, 2)[mask]  # [B, heads, L, D] -> [total, heads, D]
@@ -215,12 +221,12 @@ def test_bad_arguments_are_named(device):
 
 
 def test_torch_compile_fullgraph_forward_and_backward(device):
-    q, k, v = projections(2, 2, 21, 16, torch.float32, device, seed=12)
+    q, k, v = projections(2, 2, 21, 16, DTYPE, device, seed=12)
     mask = right_padding([21, 13], 21, device)
     # aot_eager traces through the fake and autograd registrations like inductor does, at a fraction of the time.
     compiled = torch.compile(lambda q, k, v: ef.attention(q, k, v, mask, dropout_p=0.1, seed=3), fullgraph=True,
                              backend="aot_eager")
-    grad_out = torch.randn(2, 2, 21, 16, device=device)
+    grad_out = torch.randn(2, 2, 21, 16, device=device, dtype=DTYPE)
     got = run_with_grads(compiled, q, k, v, grad_out)
     expected = run_with_grads(lambda *t: ef.attention(*t, mask, dropout_p=0.1, seed=3), q, k, v, grad_out)
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected):

@@ -13,6 +13,9 @@ fp32 bias per (batch, key) with -inf for masked keys, plus the per-sequence coun
 past the last real key), so right padding costs no work. Masks that vary over heads or queries run the
 reference instead, with a one-time warning. A float mask gets no gradient.
 
+Dtypes. fp16/bf16 on CUDA; fp32 (and everything) under the Triton interpreter. fp32 CUDA tensors and head dims
+above 128 run the reference, with a one-time warning.
+
 Variable length. ``attention_varlen`` takes packed [total, heads, D] tensors and ``cu_seqlens`` [B + 1]
 (int32 or int64 offsets, as flash-attn's varlen API, one set shared by queries and keys: self-attention). Its
 dropout mask is the one the padded entry draws for the same batch right-padded to ``max_seqlen``, so the two
@@ -126,6 +129,16 @@ def _warn_once(reason: str) -> None:
         warnings.warn(f"electra_fast.attention runs the PyTorch reference: {reason}", stacklevel=3)
 
 
+def _unsupported(q) -> Optional[str]:
+    """Why the kernels cannot take ``q``'s head dim or dtype, or None."""
+    if q.shape[-1] > kernels.HEAD_DIM_BLOCKS[-1]:
+        return f"head_dim {q.shape[-1]} > {kernels.HEAD_DIM_BLOCKS[-1]}"
+    if q.dtype == torch.float32 and q.device.type == "cuda":
+        # Exact fp32 products have no tensor-core path and their tiles spill; TF32 would miss fp32 parity.
+        return "fp32 on CUDA (the kernels run fp16/bf16 there; use autocast or half-precision activations)"
+    return None
+
+
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -152,8 +165,9 @@ def attention(q, k, v, key_padding_mask=None, *, dropout_p: float = 0.0, scale: 
     batch, heads, q_len, head_dim = q.shape
     scale = head_dim**-0.5 if scale is None else float(scale)
     masks = key_bias_and_extent(key_padding_mask, batch, q_len, k.shape[2], q.device)
-    if masks is None or head_dim > kernels.HEAD_DIM_BLOCKS[-1]:
-        _warn_once("the mask varies over heads or queries" if masks is None else f"head_dim {head_dim} > 128")
+    reason = "the mask varies over heads or queries" if masks is None else _unsupported(q)
+    if reason:
+        _warn_once(reason)
         return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed,
                                    return_lse=return_lse)
     out, lse = _padded_forward(q, k, v, *masks, scale, dropout_p, seed)
@@ -166,6 +180,10 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, *, dropout_p: float =
     returns [total, heads, D]."""
     head_dim = q.shape[-1]
     scale = head_dim**-0.5 if scale is None else float(scale)
+    reason = _unsupported(q)
+    if reason:
+        _warn_once(reason)
+        return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
     starts = cu_seqlens[:-1].to(torch.int32)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     bounds = torch.stack([starts, lengths, lengths, lengths])
