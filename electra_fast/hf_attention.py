@@ -37,6 +37,12 @@ _LAYER_SEED_STRIDE = 0x9E3779B97F4A7C15
 _unindexed_layers = itertools.count()
 
 
+def encoder_seed(seed: int, encoder_index: int) -> int:
+    """Distinct model-level seeds for several encoders driven by one step seed (e.g. ELECTRA's generator 0 and
+    discriminator 1), so that their layers with equal ``layer_idx`` draw different dropout masks."""
+    return (seed * 2 + encoder_index) % 2**63
+
+
 def layer_seed(seed: int, layer_index: int) -> int:
     """The dropout seed of layer ``layer_index`` for a model-level ``seed`` (both ints >= 0)."""
     return (seed + (layer_index + 1) * _LAYER_SEED_STRIDE) % 2**63
@@ -95,7 +101,7 @@ def electra_fast_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, 
     """transformers mask function: the 2-D padding mask for plain bidirectional attention, else sdpa's mask."""
     from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
 
-    if mask_function is bidirectional_mask_function:
+    if mask_function is bidirectional_mask_function or mask_function is None:
         return None if attention_mask is None else attention_mask[:, -kv_length:]
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)
@@ -103,8 +109,9 @@ def electra_fast_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, 
 
 def register() -> None:
     """Make ``attn_implementation="electra_fast"`` available in transformers (idempotent)."""
+    # Import everything first: registering the attention without its mask function would drop padding.
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask  # noqa: F401
 
     AttentionInterface.register(NAME, electra_fast_attention)
     AttentionMaskInterface.register(NAME, electra_fast_mask)
