@@ -255,6 +255,13 @@ def test_electra_model_with_electra_fast_attention_matches_eager(device):
     for (name, p_eager), p_fast in zip(eager.named_parameters(), fast.parameters()):
         if p_eager.grad is not None:
             assert_close(p_fast.grad, p_eager.grad, 1e-4, name)
+    with torch.no_grad():
+        # No mask at all, and a prepared 4-D additive mask (transformers passes 4-D masks through unchanged).
+        no_mask = [m(ids).last_hidden_state for m in (eager, fast)]
+        assert_close(no_mask[1], no_mask[0], 1e-5, "hidden states without a mask")
+        additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        prepared = [m(ids, attention_mask=additive).last_hidden_state for m in (eager, fast)]
+        assert_close(prepared[1][real], prepared[0][real], 1e-5, "hidden states with a 4-D mask")
 
 
 def test_electra_model_dropout_follows_the_seed_keyword(device):
