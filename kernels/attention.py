@@ -33,6 +33,8 @@ bitwise reproducible.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -271,11 +273,12 @@ def attention_backward_dkdv_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 HEAD_DIM_BLOCKS = (16, 32, 64, 128)  # head dims 1..128 are padded up to the next of these
-# AOT-compiled head dims: each BLOCK_D family's tiles (which alone decide registers) with and without masked
-# head dims; other dims reuse their family's tiles and compile on first use.
-REGISTERED_HEAD_DIMS = (64, 80, 128)
-# GPU dtypes. fp32 runs only under the interpreter: exact fp32 products have no tensor-core path and their
-# FMA tiles spill, so electra_fast.fused.attention sends fp32 CUDA tensors to the PyTorch reference.
+# AOT-compiled (dtype, head dim) pairs. Registers depend only on the tile family (BLOCK_D 64 or 128) and the
+# dropout flag, so by default the suite compiles ELECTRA's head dim 64 in both GPU dtypes and the 128 family in
+# bf16, keeping `python -m electra_fast.aot` short; ELECTRA_FAST_AOT_FULL=1 adds fp16/bf16 x 16/32/80/96/128
+# (all compiled without spills on sm_80 and sm_90a when this was written).
+REGISTERED_CONFIGS = (("bfloat16", 64), ("float16", 64), ("bfloat16", 128))
+FULL_AOT_CONFIGS = tuple((dtype, d) for dtype in ("float16", "bfloat16") for d in (16, 32, 64, 80, 96, 128))
 _POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16"}
 
 
@@ -395,42 +398,43 @@ def attention_backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: 
 
 
 def _register_configs():
-    """One AOT entry per (dtype, head-dim block, dropout) the launchers can pick (DESIGN §6)."""
-    for dtype_name, pointer in _POINTER_TYPES.items():
-        for head_dim in REGISTERED_HEAD_DIMS:
-            block_d = block_head_dim(head_dim)
-            for dropout in (False, True):
-                configs = _tile_configs(block_d, dropout)
-                for kernel, role, tensors in (
-                    (attention_forward_kernel, "forward",
-                     {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer}),
-                    (attention_backward_dq_kernel, "dq",
-                     {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer, "dout_ptr": pointer,
-                      "delta_ptr": "*fp32", "dq_ptr": pointer}),
-                    (attention_backward_dkdv_kernel, "dkdv",
-                     {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "dout_ptr": pointer,
-                      "delta_ptr": "*fp32", "dk_ptr": pointer, "dv_ptr": pointer}),
-                ):
-                    block_m, block_n, num_warps, num_stages = configs[role]
-                    constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      BLOCK_D=block_d)
-                    signature = {}
-                    for name in kernel.arg_names:
-                        if name in constexprs:
-                            continue
-                        if name in tensors:
-                            signature[name] = tensors[name]
-                        elif name in ("key_bias_ptr", "lse_ptr"):
-                            signature[name] = "*fp32"
-                        elif name == "bounds_ptr":
-                            signature[name] = "*i32"
-                        elif name in ("scale", "scale_log2", "dropout_p"):
-                            signature[name] = "fp32"
-                        elif name == "seed":
-                            signature[name] = "i64"
-                        else:  # strides, sizes
-                            signature[name] = "i32"
-                    register(kernel, signature, constexprs, num_warps=num_warps, num_stages=num_stages)
+    """AOT entries (DESIGN §6): the three kernels with and without dropout for each registered (dtype, head dim)."""
+    full = os.environ.get("ELECTRA_FAST_AOT_FULL", "0") not in ("", "0")
+    for dtype_name, head_dim in FULL_AOT_CONFIGS if full else REGISTERED_CONFIGS:
+        pointer = _POINTER_TYPES[dtype_name]
+        block_d = block_head_dim(head_dim)
+        for dropout in (False, True):
+            configs = _tile_configs(block_d, dropout)
+            for kernel, role, tensors in (
+                (attention_forward_kernel, "forward",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer}),
+                (attention_backward_dq_kernel, "dq",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer, "dout_ptr": pointer,
+                  "delta_ptr": "*fp32", "dq_ptr": pointer}),
+                (attention_backward_dkdv_kernel, "dkdv",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "dout_ptr": pointer,
+                  "delta_ptr": "*fp32", "dk_ptr": pointer, "dv_ptr": pointer}),
+            ):
+                block_m, block_n, num_warps, num_stages = configs[role]
+                constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=block_m, BLOCK_N=block_n,
+                                  BLOCK_D=block_d)
+                signature = {}
+                for name in kernel.arg_names:
+                    if name in constexprs:
+                        continue
+                    if name in tensors:
+                        signature[name] = tensors[name]
+                    elif name in ("key_bias_ptr", "lse_ptr"):
+                        signature[name] = "*fp32"
+                    elif name == "bounds_ptr":
+                        signature[name] = "*i32"
+                    elif name in ("scale", "scale_log2", "dropout_p"):
+                        signature[name] = "fp32"
+                    elif name == "seed":
+                        signature[name] = "i64"
+                    else:  # strides, sizes
+                        signature[name] = "i32"
+                register(kernel, signature, constexprs, num_warps=num_warps, num_stages=num_stages)
 
 
 _register_configs()
