@@ -213,7 +213,9 @@ def attention(
     """Bidirectional attention on ``[B, heads, L, D]`` tensors with an optional key-padding mask.
 
     ``key_padding_mask`` is ``[B, Lk]`` bool with True for a real key (transformers' attention_mask
-    convention), or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``. Returns ``[B, heads, Lq, D]``.
+    convention), or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``. Returns ``[B, heads, Lq, D]``;
+    on the kernel path it is a view of a contiguous ``[B, Lq, heads, D]`` tensor (``out.transpose(1, 2)`` is what
+    transformers reshapes, without a copy). Masks that vary over heads or queries run the reference.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check.tensor(name, t, dims=4, dtypes=check.FLOAT_DTYPES)
