@@ -34,6 +34,7 @@ def use_backend(name: str):
         _override.reset(token)
 
 
+@torch.compiler.assume_constant_result  # read once while torch.compile traces (dynamo cannot trace ContextVar)
 def requested_backend() -> str:
     name = _override.get()
     if name is None:

@@ -128,8 +128,14 @@ def generator_loss_and_sample(
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     seed = check_seed(seed)
-    if not use_triton(hidden.device):
-        check.ids_in_vocab("targets", targets, vocab_size)
+    if use_triton(hidden.device):
+        from .fused import generator_head
+
+        return generator_head.generator_loss_and_sample(
+            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+            seed=seed,
+        )
+    check.ids_in_vocab("targets", targets, vocab_size)
     return reference.generator_loss_and_sample(
         hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
     )
