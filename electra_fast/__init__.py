@@ -2,11 +2,20 @@
 
 from .backend import use_backend
 from .ops import attention, generator_loss_and_sample, mask_tokens, rtd_loss
+from .patch import apply_fast_electra
+from .optim import build_optimizer_and_scheduler, parameter_groups
+from .pretrainer import ElectraObjective, ElectraPretrainer, ElectraPretrainingOutput
 from .reference import MaskedTokens, RTDOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ElectraObjective",
+    "ElectraPretrainer",
+    "ElectraPretrainingOutput",
+    "apply_fast_electra",
+    "build_optimizer_and_scheduler",
+    "parameter_groups",
     "attention",
     "generator_loss_and_sample",
     "mask_tokens",

@@ -1,0 +1,226 @@
+"""ELECTRA pre-training: a generator and a discriminator from Hugging Face, and the official objective.
+
+``ElectraPretrainer`` wraps ``ElectraForMaskedLM`` (generator) and ``ElectraForPreTraining``
+(discriminator), shares their embeddings (DESIGN §1.7) and computes, for one batch:
+
+    mask_tokens -> generator encoder -> head at the P slots -> loss + Gumbel sample -> corrupted ids
+    -> discriminator encoder -> RTD loss;   loss = gen_weight * mlm + disc_weight * rtd
+
+through the ops in ``electra_fast.ops``, so Triton kernels run wherever they can (``fused=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from . import ops
+from .backend import use_backend
+from .presets import electra_configs, get_preset
+from .reference import MaskedTokens
+
+EMBEDDING_SHARING = ("tied", "gdes", "none")
+
+
+@dataclass
+class ElectraObjective:
+    """Every knob of the ELECTRA objective (DESIGN §1); defaults are the official recipe."""
+
+    mask_token_id: Optional[int] = None  # required; ElectraPretrainer.from_preset fills it from the tokenizer
+    special_token_ids: Sequence[int] = ()  # never chosen for masking ([CLS], [SEP], [PAD], ...)
+    mask_prob: float = 0.15
+    max_predictions: Optional[int] = None  # default int((mask_prob + 0.005) * seq_len)
+    mask_token_prob: float = 0.85
+    random_token_prob: float = 0.0
+    mode: str = "exact"  # or "bernoulli"
+    temperature: float = 1.0
+    disallow_correct: bool = False
+    gen_weight: float = 1.0
+    disc_weight: float = 50.0
+    embedding_sharing: str = "tied"  # "tied" (official), "gdes" (DeBERTa-v3), "none"
+
+    def __post_init__(self):
+        if self.embedding_sharing not in EMBEDDING_SHARING:
+            raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {self.embedding_sharing!r}")
+        if self.mask_token_id is None:
+            raise ValueError("mask_token_id is required (the id of [MASK] in your tokenizer)")
+        for name in ("gen_weight", "disc_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.special_token_ids = tuple(int(s) for s in self.special_token_ids)
+
+
+@dataclass
+class ElectraPretrainingOutput:
+    loss: torch.Tensor
+    mlm_loss: torch.Tensor
+    rtd_loss: torch.Tensor
+    generator_accuracy: torch.Tensor  # fraction of real slots whose sample equals the original token
+    discriminator_accuracy: torch.Tensor  # over non-padding tokens
+    replaced_fraction: torch.Tensor  # fraction of non-padding tokens the discriminator sees replaced
+    discriminator_precision: torch.Tensor
+    discriminator_recall: torch.Tensor
+    masked: MaskedTokens = field(repr=False)
+    corrupted_ids: torch.Tensor = field(repr=False)
+    rtd_logits: torch.Tensor = field(repr=False)
+
+
+class GDESWordEmbedding(nn.Module):
+    """DeBERTa-v3 gradient-disentangled embedding: ``E_D = stop_grad(E_G) + delta``, delta starting at 0."""
+
+    def __init__(self, generator_embedding: nn.Embedding):
+        super().__init__()
+        # Held outside the module tree: the generator owns (and saves, and optimises) this parameter.
+        self._generator_embedding = [generator_embedding]
+        self.padding_idx = generator_embedding.padding_idx
+        self.delta = nn.Parameter(torch.zeros_like(generator_embedding.weight))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._generator_embedding[0].weight.detach() + self.delta
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight, self.padding_idx)
+
+
+class ElectraPretrainer(nn.Module):
+    def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining, *,
+                 objective: ElectraObjective, fused: bool = True):
+        super().__init__()
+        if not isinstance(generator, ElectraForMaskedLM):
+            raise TypeError(f"generator must be a transformers ElectraForMaskedLM, got {type(generator).__name__}")
+        if not isinstance(discriminator, ElectraForPreTraining):
+            raise TypeError(f"discriminator must be a transformers ElectraForPreTraining, got {type(discriminator).__name__}")
+        if not isinstance(objective, ElectraObjective):
+            raise TypeError(f"objective must be an ElectraObjective, got {type(objective).__name__}")
+        gen_config, disc_config = generator.config, discriminator.config
+        if gen_config.vocab_size != disc_config.vocab_size:
+            raise ValueError(f"generator and discriminator vocab sizes differ: {gen_config.vocab_size} vs {disc_config.vocab_size}")
+        if objective.mask_token_id >= gen_config.vocab_size:
+            raise ValueError(f"objective.mask_token_id must be < vocab_size ({gen_config.vocab_size}), got {objective.mask_token_id}")
+        if objective.embedding_sharing != "none" and gen_config.embedding_size != disc_config.embedding_size:
+            raise ValueError(
+                "shared embeddings need one embedding_size: generator has "
+                f"{gen_config.embedding_size}, discriminator {disc_config.embedding_size}"
+            )
+        self.generator = generator
+        self.discriminator = discriminator
+        self.objective = objective
+        self.fused = fused
+        self._share_embeddings(objective.embedding_sharing)
+
+    def _share_embeddings(self, sharing: str) -> None:
+        gen_embeddings = self.generator.electra.embeddings
+        # The generator's LM head is always tied to its word embeddings (HF ties them when the config says so).
+        self.generator.generator_lm_head.weight = gen_embeddings.word_embeddings.weight
+        if sharing == "tied":
+            self.discriminator.electra.embeddings = gen_embeddings
+        elif sharing == "gdes":
+            disc_embeddings = self.discriminator.electra.embeddings
+            disc_embeddings.word_embeddings = GDESWordEmbedding(gen_embeddings.word_embeddings)
+            # Positions, token types and the embedding LayerNorm stay shared as in "tied".
+            disc_embeddings.position_embeddings = gen_embeddings.position_embeddings
+            disc_embeddings.token_type_embeddings = gen_embeddings.token_type_embeddings
+            disc_embeddings.LayerNorm = gen_embeddings.LayerNorm
+
+    @classmethod
+    def from_preset(cls, name: str, *, vocab_size: int, mask_token_id: int, special_token_ids: Sequence[int] = (),
+                    pad_token_id: int = 0, fused: bool = True, config_kwargs: Optional[dict] = None,
+                    **overrides) -> "ElectraPretrainer":
+        """A new pre-trainer at the paper's sizes ("tiny", "small", "base", "large").
+
+        ``overrides`` may hold preset sizes (hidden_size, num_layers, ...) and ElectraObjective fields.
+        """
+        objective_fields = {f.name for f in dataclasses.fields(ElectraObjective)}
+        objective_kwargs = {k: v for k, v in overrides.items() if k in objective_fields}
+        size_kwargs = {k: v for k, v in overrides.items() if k not in objective_fields}
+        preset = get_preset(name, **size_kwargs)
+        objective_kwargs.setdefault("mask_prob", preset.mask_prob)
+        gen_config, disc_config = electra_configs(preset, vocab_size, pad_token_id=pad_token_id, **(config_kwargs or {}))
+        objective = ElectraObjective(mask_token_id=mask_token_id, special_token_ids=special_token_ids, **objective_kwargs)
+        return cls(ElectraForMaskedLM(gen_config), ElectraForPreTraining(disc_config), objective=objective, fused=fused)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.generator.config.vocab_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, seed) -> ElectraPretrainingOutput:
+        if self.fused:
+            return self._forward(input_ids, attention_mask, seed)
+        with use_backend("reference"):
+            return self._forward(input_ids, attention_mask, seed)
+
+    def _forward(self, input_ids, attention_mask, seed) -> ElectraPretrainingOutput:
+        obj = self.objective
+        batch, seq_len = input_ids.shape
+        masked = ops.mask_tokens(
+            input_ids, attention_mask, mask_token_id=obj.mask_token_id, special_token_ids=obj.special_token_ids,
+            mask_prob=obj.mask_prob, max_predictions=obj.max_predictions, mask_token_prob=obj.mask_token_prob,
+            random_token_prob=obj.random_token_prob, vocab_size=self.vocab_size, mode=obj.mode, seed=seed,
+        )
+
+        # Generator: encoder on the masked ids, head only at the P slots.
+        gen_hidden = self.generator.electra(masked.input_ids, attention_mask=attention_mask).last_hidden_state
+        slots = masked.positions.shape[1]
+        slot_hidden = gen_hidden.gather(1, masked.positions[..., None].expand(-1, -1, gen_hidden.shape[-1]))
+        head_hidden = self.generator.generator_predictions(slot_hidden.reshape(batch * slots, -1))
+        lm_head = self.generator.generator_lm_head
+        weight, bias = lm_head.weight, lm_head.bias
+        if head_hidden.dtype != weight.dtype:  # under autocast: the matmul runs in the activations' dtype
+            weight, bias = weight.to(head_hidden.dtype), None if bias is None else bias.to(head_hidden.dtype)
+        mlm_loss, samples = ops.generator_loss_and_sample(
+            head_hidden, weight, bias, masked.targets.reshape(-1), masked.weights.reshape(-1),
+            temperature=obj.temperature, disallow_correct=obj.disallow_correct, seed=seed,
+        )
+        samples = samples.view(batch, slots)
+
+        # Discriminator input: the sample goes into every chosen position (kept ones too). Padding slots
+        # scatter into a spare column so they can never overwrite a real slot.
+        real_slot = masked.weights > 0
+        scatter_at = torch.where(real_slot, masked.positions, seq_len)
+        sampled = torch.cat([input_ids, input_ids[:, :1]], dim=1).scatter(1, scatter_at, samples.to(input_ids.dtype))
+        corrupted_ids = torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
+
+        disc_hidden = self.discriminator.electra(corrupted_ids, attention_mask=attention_mask).last_hidden_state
+        head = self.discriminator.discriminator_predictions
+        rtd = ops.rtd_loss(
+            disc_hidden, head.dense.weight, head.dense.bias, head.dense_prediction.weight, head.dense_prediction.bias,
+            corrupted_ids, input_ids, attention_mask, activation=self.discriminator.config.hidden_act,
+        )
+        loss = obj.gen_weight * mlm_loss + obj.disc_weight * rtd.loss
+        with torch.no_grad():
+            n_slots = masked.weights.sum()
+            generator_accuracy = ((samples == masked.targets) & real_slot).sum() / n_slots.clamp(min=1)
+        return ElectraPretrainingOutput(
+            loss=loss, mlm_loss=mlm_loss, rtd_loss=rtd.loss, generator_accuracy=generator_accuracy,
+            discriminator_accuracy=rtd.accuracy, replaced_fraction=rtd.replaced_fraction,
+            discriminator_precision=rtd.precision, discriminator_recall=rtd.recall,
+            masked=masked, corrupted_ids=corrupted_ids, rtd_logits=rtd.logits,
+        )
+
+    def export_models(self) -> tuple[ElectraForMaskedLM, ElectraForPreTraining]:
+        """Plain Hugging Face models for ``save_pretrained`` (GDES embeddings are materialised)."""
+        if self.objective.embedding_sharing != "gdes":
+            return self.generator, self.discriminator
+        import copy
+
+        discriminator = copy.deepcopy(self.discriminator)
+        gdes = self.discriminator.electra.embeddings.word_embeddings
+        plain = nn.Embedding(*gdes.delta.shape, padding_idx=gdes.padding_idx)
+        plain.weight.data.copy_(gdes.weight.detach())
+        discriminator.electra.embeddings.word_embeddings = plain
+        return self.generator, discriminator
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """``output_dir/discriminator`` and ``output_dir/generator`` as Hugging Face checkpoints."""
+        import os
+
+        generator, discriminator = self.export_models()
+        discriminator.save_pretrained(os.path.join(output_dir, "discriminator"))
+        generator.save_pretrained(os.path.join(output_dir, "generator"))
