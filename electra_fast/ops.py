@@ -110,6 +110,7 @@ def generator_loss_and_sample(
     check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
     check.non_empty("hidden", hidden)
     check.tensor("weight", weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.non_empty("weight", weight)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight must have shape [V, {hidden.shape[1]}] (E of hidden), got {tuple(weight.shape)}")
     check.same_device("weight", weight, hidden, "hidden")

@@ -91,7 +91,8 @@ def generator_head_forward_kernel(
     partial_lse_ptr, partial_target_ptr, partial_score_ptr, partial_index_ptr,
     seed, temperature, disallow_correct, M, V, E, v_per_split,
     stride_hm, stride_he, stride_wv, stride_we,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Program (row tile, vocabulary split) writes per row: LSE, target logit, best score and its id."""
     pid_m = tl.program_id(0)
@@ -144,7 +145,11 @@ def generator_head_forward_kernel(
 
 @triton.jit
 def _dlogits_tile(logits, lse, targets, row_scale, offs_v):
-    """(softmax - onehot) * row_scale in fp32; exactly 0 for rows whose scale is 0 (padding slots)."""
+    """(softmax - onehot) * row_scale in fp32; exactly 0 for rows whose scale is 0 (padding slots).
+
+    The target's p - 1 is formed in fp32 from the fp32 logits (no cancellation in 16-bit near p = 1); only the
+    finished gradient is rounded to DOT_DTYPE for the tensor-core products.
+    """
     probs = tl.exp(logits - lse[:, None])
     onehot = offs_v[None, :].to(tl.int64) == targets[:, None]
     grad = (probs - tl.where(onehot, 1.0, 0.0)) * row_scale[:, None]
@@ -156,11 +161,10 @@ def generator_head_backward_hidden_kernel(
     hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, row_scale_ptr, grad_hidden_ptr,
     M, V, E,
     stride_hm, stride_he, stride_wv, stride_we, stride_gm,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_E: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """dh[rows, e-tile] = sum over all vocabulary tiles of dlogits @ W[tile, e-tile]."""
+    """dh[rows, e-tile] = sum over all vocabulary tiles of dlogits @ W[tile, e-tile] (logits recomputed)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     in_m = offs_m < M
@@ -189,11 +193,11 @@ def generator_head_backward_weight_kernel(
     hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, row_scale_ptr, grad_weight_ptr, grad_bias_ptr,
     M, V, E,
     stride_hm, stride_he, stride_wv, stride_we, stride_gv,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_E: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """dW[v-tile, e-tile] = dlogits[:, tile]^T @ h[:, e-tile] over all rows; db[v-tile] from e-tile 0."""
+    """dW[v-tile, e-tile] = dlogits[:, tile]^T @ h[:, e-tile] over all rows (logits recomputed), accumulated
+    in fp32 registers in row order and cast once; db[v-tile] is stored by the e-tile-0 program."""
     offs_v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     pid_e = tl.program_id(1)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
