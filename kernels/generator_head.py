@@ -85,7 +85,7 @@ def _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E
     return tl.where(in_v[None, :], acc, float("-inf"))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # the seed changes every step: one compiled kernel for all of them
 def generator_head_forward_kernel(
     hidden_ptr, weight_ptr, bias_ptr, targets_ptr,
     partial_lse_ptr, partial_target_ptr, partial_score_ptr, partial_index_ptr,

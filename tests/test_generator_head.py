@@ -316,3 +316,10 @@ def test_reference_sample_frequencies_follow_softmax(temperature):
     if temperature != 1.0:
         untempered = torch.softmax(row_logits.double(), 0) * rows
         assert stats.chisquare(counts.numpy(), untempered.numpy()).pvalue < 1e-6
+
+
+def test_custom_op_registration_passes_opcheck(device):
+    """Schema, fake (meta) outputs, autograd registration and AOT dispatch of the custom op agree with it."""
+    hidden, weight, bias, targets, weights = make_inputs(5, 11, 8, device=device, zero_rows=(2,))
+    arguments = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets, weights, 1.0, False, 3)
+    torch.library.opcheck(fused.generator_head_forward, arguments)
