@@ -34,7 +34,9 @@ def use_backend(name: str):
         _override.reset(token)
 
 
-@torch.compiler.assume_constant_result  # read once while torch.compile traces (dynamo cannot trace ContextVar)
+# torch.compile cannot trace a ContextVar read: it calls this at trace time and keeps the answer, so a graph
+# compiled under one backend keeps it (compile again after switching).
+@torch.compiler.assume_constant_result
 def requested_backend() -> str:
     name = _override.get()
     if name is None:

@@ -192,6 +192,13 @@ def rtd_loss(
         check.same_device(name, param, hidden, "hidden")
     if activation not in RTD_ACTIVATIONS:
         raise ValueError(f"activation must be one of {RTD_ACTIVATIONS}, got {activation!r}")
+    if use_triton(hidden.device):
+        from .fused import rtd_loss as fused_rtd_loss
+
+        return fused_rtd_loss.rtd_loss(
+            hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
+            attention_mask, activation=activation,
+        )
     return reference.rtd_loss(
         hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
         attention_mask, activation=activation,

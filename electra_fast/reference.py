@@ -225,7 +225,10 @@ def rtd_loss(
     """
     pre_activation = F.linear(hidden, dense_weight, dense_bias)
     activated = activation_fn(activation)(pre_activation.float())
-    logits = F.linear(activated, prediction_weight.float(), None if prediction_bias is None else prediction_bias.float())
+    # ops accepts a prediction weight of any shape with H elements ([1, H] or [H]) and a bias with one element:
+    # as [1, H] and [1], the squeeze below removes exactly the output feature dimension.
+    prediction_bias = None if prediction_bias is None else prediction_bias.reshape(1).float()
+    logits = F.linear(activated, prediction_weight.reshape(1, -1).float(), prediction_bias)
     logits = logits.squeeze(-1)
     valid = torch.ones_like(original_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     labels = (corrupted_ids != original_ids) & valid
