@@ -7,9 +7,10 @@ BLOCK_K steps) and keeps per row, in fp32: an online log-sum-exp, the target log
 
 Backward: two kernels recompute logit tiles from ``hidden``, ``weight`` and the saved per-row LSE and form
 ``dlogits = (softmax - onehot) * row_scale`` in fp32 (row_scale = grad_loss * w_row / sum(w), 0 for
-padding rows). ``dh = dlogits @ W`` is computed by programs over (M-tile, E-tile) looping over the whole
-vocabulary; ``dW = dlogits^T @ h`` and ``db = sum_rows dlogits`` by programs over (V-tile, E-tile) looping
-over all rows. Every output element is written by exactly one program after a fixed-order loop: no atomics,
+padding rows). ``dh = dlogits @ W`` is computed by programs over (M-tile, E-tile, vocabulary split), each
+looping over its split and writing an fp32 partial that the host sums over the few splits (one split once M
+alone fills the GPU); ``dW = dlogits^T @ h`` and ``db = sum_rows dlogits`` by programs over (V-tile, E-tile)
+looping over all rows. Every element is written by exactly one program after a fixed-order loop: no atomics,
 so gradients are bitwise reproducible, and dW / db are accumulated in fp32 registers and cast once.
 
 Every load is upcast to fp32 (bf16 arithmetic is wrong in the interpreter); operands are cast to
@@ -158,15 +159,17 @@ def _dlogits_tile(logits, lse, targets, row_scale, offs_v):
 
 @triton.jit
 def generator_head_backward_hidden_kernel(
-    hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, row_scale_ptr, grad_hidden_ptr,
-    M, V, E,
-    stride_hm, stride_he, stride_wv, stride_we, stride_gm,
+    hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, row_scale_ptr, partial_grad_hidden_ptr,
+    M, V, E, v_per_split,
+    stride_hm, stride_he, stride_wv, stride_we,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    """dh[rows, e-tile] = sum over all vocabulary tiles of dlogits @ W[tile, e-tile] (logits recomputed)."""
+    """fp32 partial dh[split, rows, e-tile] = sum over the split's vocabulary tiles of dlogits @ W[tile, e-tile]
+    (logits recomputed). The host sums the few splits in a fixed order."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    split = tl.program_id(2)
     in_m = offs_m < M
     in_e = offs_e < E
     targets = tl.load(targets_ptr + offs_m, mask=in_m, other=-1).to(tl.int64)
@@ -174,9 +177,11 @@ def generator_head_backward_hidden_kernel(
     row_scale = tl.load(row_scale_ptr + offs_m, mask=in_m, other=0.0).to(tl.float32)
 
     acc = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    split_start = split * v_per_split
+    split_end = tl.minimum(split_start + v_per_split, V)
+    for v0 in range(split_start, split_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
-        in_v = offs_v < V
+        in_v = offs_v < split_end
         logits = _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E,
                               stride_hm, stride_he, stride_wv, stride_we,
                               DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
@@ -184,8 +189,8 @@ def generator_head_backward_hidden_kernel(
         w = tl.load(weight_ptr + offs_v[:, None] * stride_wv + offs_e[None, :] * stride_we,
                     mask=in_v[:, None] & in_e[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(grad_logits.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
-    tl.store(grad_hidden_ptr + offs_m[:, None] * stride_gm + offs_e[None, :],
-             acc.to(grad_hidden_ptr.dtype.element_ty), mask=in_m[:, None] & in_e[None, :])
+    out = (split * M + offs_m[:, None]).to(tl.int64) * E + offs_e[None, :]
+    tl.store(partial_grad_hidden_ptr + out, acc, mask=in_m[:, None] & in_e[None, :])
 
 
 @triton.jit
@@ -230,12 +235,12 @@ _TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bf
 _SIGNATURE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def _forward_splits(M: int, V: int, tiles: Tiles, device: torch.device) -> tuple[int, int]:
-    """(number of vocabulary splits, columns per split): enough programs to fill the GPU when M is small."""
-    row_tiles = triton.cdiv(M, tiles.block_m)
+def _vocab_splits(other_programs: int, V: int, tiles: Tiles, device: torch.device) -> tuple[int, int]:
+    """(number of vocabulary splits, columns per split): with ``other_programs`` programs per split, enough
+    programs to fill the GPU when M is small (one split when M alone fills it)."""
     vocab_tiles = triton.cdiv(V, tiles.block_v)
     wanted_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    splits = min(vocab_tiles, max(1, triton.cdiv(wanted_programs, row_tiles)))
+    splits = min(vocab_tiles, max(1, triton.cdiv(wanted_programs, other_programs)))
     tiles_per_split = triton.cdiv(vocab_tiles, splits)
     return triton.cdiv(vocab_tiles, tiles_per_split), tiles_per_split * tiles.block_v
 
@@ -253,7 +258,7 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
     M, E = hidden.shape
     V = weight.shape[0]
     tiles = tiles_for(hidden.dtype)
-    splits, v_per_split = _forward_splits(M, V, tiles, hidden.device)
+    splits, v_per_split = _vocab_splits(triton.cdiv(M, tiles.block_m), V, tiles, hidden.device)
     partial = torch.empty((3, splits, M), dtype=torch.float32, device=hidden.device)
     partial_index = torch.empty((splits, M), dtype=torch.int64, device=hidden.device)
     generator_head_forward_kernel[(triton.cdiv(M, tiles.block_m), splits)](
@@ -278,7 +283,9 @@ def backward(hidden, weight, bias, targets, lse, row_scale):
     V = weight.shape[0]
     tiles = tiles_for(hidden.dtype)
     block_e = tiles.block_e(E)
-    grad_hidden = torch.empty((M, E), dtype=hidden.dtype, device=hidden.device)
+    row_tiles, e_tiles = triton.cdiv(M, tiles.block_m), triton.cdiv(E, block_e)
+    splits, v_per_split = _vocab_splits(row_tiles * e_tiles, V, tiles, hidden.device)
+    partial_grad_hidden = torch.empty((splits, M, E), dtype=torch.float32, device=hidden.device)
     grad_weight = torch.empty((V, E), dtype=weight.dtype, device=weight.device)
     grad_bias = torch.empty((V,), dtype=torch.float32, device=weight.device)
     bias = _bias_or_zeros(bias, weight)
@@ -288,11 +295,12 @@ def backward(hidden, weight, bias, targets, lse, row_scale):
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
-    generator_head_backward_hidden_kernel[(triton.cdiv(M, tiles.block_m), triton.cdiv(E, block_e))](
-        hidden, weight, bias, targets, lse, row_scale, grad_hidden, M, V, E, *strides, grad_hidden.stride(0),
+    generator_head_backward_hidden_kernel[(row_tiles, e_tiles, splits)](
+        hidden, weight, bias, targets, lse, row_scale, partial_grad_hidden, M, V, E, v_per_split, *strides,
         **constexprs,
     )
-    generator_head_backward_weight_kernel[(triton.cdiv(V, tiles.block_v), triton.cdiv(E, block_e))](
+    grad_hidden = partial_grad_hidden.sum(dim=0).to(hidden.dtype)  # fixed-order sum: deterministic
+    generator_head_backward_weight_kernel[(triton.cdiv(V, tiles.block_v), e_tiles)](
         hidden, weight, bias, targets, lse, row_scale, grad_weight, grad_bias, M, V, E, *strides,
         grad_weight.stride(0), **constexprs,
     )
@@ -324,7 +332,7 @@ def _register_launch_configs():
             backward = {**common, "BLOCK_K": tiles.backward_block_k, "BLOCK_E": block_e}
             register(
                 generator_head_backward_hidden_kernel,
-                {**backward_inputs, "grad_hidden_ptr": f"*{ty}", **sizes, **strides, "stride_gm": "i32"},
+                {**backward_inputs, "partial_grad_hidden_ptr": "*fp32", **sizes, "v_per_split": "i32", **strides},
                 backward, **options,
             )
             register(
