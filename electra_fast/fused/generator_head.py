@@ -15,7 +15,7 @@ from electra_fast.kernels import generator_head as kernel
 
 
 def _row_weights(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 slot weights with padding rows exactly 0, and the normaliser sum(w) (1 when every weight is 0)."""
+    """fp32 slot weights and their normaliser sum(w) (1 when every weight is 0, so the loss is then 0)."""
     weights = weights.float()
     total = weights.sum()
     return weights, torch.where(total > 0, total, torch.ones_like(total))
@@ -32,6 +32,7 @@ def generator_head_forward(
     disallow_correct: bool,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 weighted-mean loss, int64 samples [M], fp32 per-row LSE [M]); targets int64, weights [M]."""
     lse, target_logit, samples = kernel.forward(
         hidden, weight, bias, targets, temperature=temperature, disallow_correct=disallow_correct, seed=seed
     )
