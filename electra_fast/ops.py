@@ -117,6 +117,7 @@ def generator_loss_and_sample(
     check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
     check.non_empty("hidden", hidden)
     check.tensor("weight", weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.non_empty("weight", weight)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight must have shape [V, {hidden.shape[1]}] (E of hidden), got {tuple(weight.shape)}")
     check.same_device("weight", weight, hidden, "hidden")
@@ -135,8 +136,14 @@ def generator_loss_and_sample(
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     seed = check_seed(seed)
-    if not use_triton(hidden.device):
-        check.ids_in_vocab("targets", targets, vocab_size)
+    if use_triton(hidden.device):
+        from .fused import generator_head
+
+        return generator_head.generator_loss_and_sample(
+            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+            seed=seed,
+        )
+    check.ids_in_vocab("targets", targets, vocab_size)
     return reference.generator_loss_and_sample(
         hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
     )
