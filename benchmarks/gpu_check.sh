@@ -11,7 +11,7 @@ mkdir -p "$out"
 status=0
 python -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 || status=1
 { nvidia-smi; python -m electra_fast info; } > "$out/machine.txt" 2>&1
-timeout 60 python -m electra_fast.aot --json "$out/aot.json" > "$out/aot.log" 2>&1 || status=1
+timeout 150 python -m electra_fast.aot --json "$out/aot.json" > "$out/aot.log" 2>&1 || status=1
 timeout 200 python -m pytest tests -q -x -p no:cacheprovider > "$out/tests.log" 2>&1 || status=1
 timeout 200 python -m pytest benchmarks -q -p no:cacheprovider --benchmark-json "$out/benchmarks.json" \
     > "$out/benchmarks.log" 2>&1 || status=1

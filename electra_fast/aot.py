@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 ARCHITECTURES = (80, 90)
 
@@ -71,6 +73,15 @@ def _cubin_resources(cubin: bytes, capability: int) -> tuple[int, int]:
     return registers, local
 
 
+def _compile_job(job) -> dict:
+    index, capability = job
+    config = _load_configs()[index]
+    try:
+        return compile_config(config, capability)
+    except Exception as error:  # report every failure, not only the first
+        return {"kernel": config.name, "arch": f"sm_{capability}", "error": f"{type(error).__name__}: {error}"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the report here")
@@ -78,18 +89,15 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
         return 2
-    rows, failed = [], False
-    for config in _load_configs():
-        for capability in ARCHITECTURES:
-            try:
-                row = compile_config(config, capability)
-            except Exception as error:  # report every failure, not only the first
-                row = {"kernel": config.name, "arch": f"sm_{capability}", "error": f"{type(error).__name__}: {error}"}
-                failed = True
-            else:
-                failed |= bool(row["spills"])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    configs = _load_configs()
+    jobs = [(index, capability) for index in range(len(configs)) for capability in ARCHITECTURES]
+    # Compiles are independent and CPU-bound: one process per core (forked, so each has the registry).
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("fork")) as pool:
+        rows = list(pool.map(_compile_job, jobs))
+    failed = False
+    for row in rows:
+        failed |= "error" in row or bool(row["spills"])
+        print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

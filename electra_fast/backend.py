@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
+import importlib.util
 import os
 
 import torch
@@ -50,13 +50,12 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once at import: a cached function call here would be opaque to torch.compile.
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON_IMPORTABLE
 
 
 def triton_can_run(device: torch.device) -> bool:

@@ -73,11 +73,18 @@ def mask_tokens(
             raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
     if random_token_prob > 0 and vocab_size is None:
         raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
+    if random_token_prob > 0 and len({s for s in (*special_token_ids, mask_token_id) if s < vocab_size}) >= vocab_size:
+        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); all are special")
     seed = check_seed(seed)
     kernel = use_triton(input_ids.device)
+    if kernel:
+        from .fused import masking as fused_masking
+
+        kernel = fused_masking.kernel_supports(input_ids.shape[1], special_token_ids, mask_token_id)
     if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
         check.ids_in_vocab("input_ids", input_ids, vocab_size)
-    return reference.mask_tokens(
+    implementation = fused_masking.mask_tokens if kernel else reference.mask_tokens
+    return implementation(
         input_ids,
         attention_mask,
         mask_token_id=mask_token_id,
@@ -112,6 +119,7 @@ def generator_loss_and_sample(
     check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
     check.non_empty("hidden", hidden)
     check.tensor("weight", weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.non_empty("weight", weight)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight must have shape [V, {hidden.shape[1]}] (E of hidden), got {tuple(weight.shape)}")
     check.same_device("weight", weight, hidden, "hidden")
@@ -130,8 +138,14 @@ def generator_loss_and_sample(
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     seed = check_seed(seed)
-    if not use_triton(hidden.device):
-        check.ids_in_vocab("targets", targets, vocab_size)
+    if use_triton(hidden.device):
+        from .fused import generator_head
+
+        return generator_head.generator_loss_and_sample(
+            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+            seed=seed,
+        )
+    check.ids_in_vocab("targets", targets, vocab_size)
     return reference.generator_loss_and_sample(
         hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
     )

@@ -22,7 +22,8 @@ class LaunchConfig:
     def name(self) -> str:
         kernel_name = getattr(self.kernel, "__name__", None) or self.kernel.fn.__name__
         values = ",".join(f"{k}={v}" for k, v in sorted(self.constexprs.items()))
-        return f"{kernel_name}[{values}|w{self.num_warps}s{self.num_stages}]"
+        pointer_types = ",".join(dict.fromkeys(t[1:] for t in self.signature.values() if t.startswith("*")))
+        return f"{kernel_name}[{values}|{pointer_types}|w{self.num_warps}s{self.num_stages}]"
 
 
 CONFIGS: list[LaunchConfig] = []
