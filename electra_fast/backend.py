@@ -65,7 +65,6 @@ def triton_can_run(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
 
 
-@torch.compiler.assume_constant_result  # torch.compile cannot trace the ContextVar: decided once, at trace time
 def use_triton(device: torch.device) -> bool:
     """Whether an op on ``device`` runs its Triton kernel (True) or the reference (False)."""
     name = requested_backend()
