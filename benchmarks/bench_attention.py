@@ -2,15 +2,15 @@
 
 Compared in the same run, q, k, v as transformers hands them ([B, heads, L, D] views of [B, L, heads, D]):
 - electra_fast: ``ef.attention`` with the [B, L] key mask (the Triton kernel on CUDA; the reference on CPU);
-- electra_fast_varlen: ``ef.attention_varlen`` on the packed real tokens (padded cases only, timing excludes
-  packing);
+- electra_fast_varlen: ``ef.attention_varlen`` on the packed real tokens (padded batches, forward+backward;
+  timing excludes packing);
 - hf_eager: transformers' ``eager_attention_forward`` with the 4-D additive mask;
 - sdpa: ``F.scaled_dot_product_attention`` with a [B, 1, 1, L] bool mask (none without padding); the backend
   PyTorch picks is recorded as ``sdpa_backend``;
 - flash_attn2: ``flash_attn_varlen_func`` on the packed tokens (``flash_attn_func`` without padding), when
   flash-attn is installed (timing excludes packing);
-- flex_attention: compiled FlexAttention with a padding block mask, forward+backward on the GPU (it has no
-  dropout; each shape costs a compile, so its forward-only rows are skipped).
+- flex_attention: compiled FlexAttention with a padding block mask, padded batches, forward+backward on the GPU
+  (it has no dropout; each shape costs a compile, so only these rows are measured).
 
 TFLOP/s count real tokens only: forward 4 * H * D * sum_b n_b^2, forward+backward 2.5x more (FlashAttention's
 convention). GPU shapes (B, heads, L, D) in bf16, 0 % and ~30 % padding, dropout 0 and 0.1; a tiny fp32 shape
@@ -131,8 +131,8 @@ def build(impl_name, case, dropout, mode):
         function = {"electra_fast": electra_fast, "hf_eager": hf_eager, "sdpa": sdpa}[impl_name]
         return (lambda: function(q, k, v, mask, lengths, dropout)), (q, k, v)
     if impl_name == "electra_fast_varlen":
-        if mask is None:
-            pytest.skip("same as electra_fast without padding")
+        if mask is None or mode == "fwd":
+            pytest.skip("same kernels as electra_fast: measured on padded batches, forward+backward only")
         (pq, pk, pv), cu_seqlens, max_len = packed(q, k, v, mask, lengths)
         return (lambda: ef.attention_varlen(pq, pk, pv, cu_seqlens, max_len, dropout_p=dropout, seed=1)), (pq, pk, pv)
     if impl_name == "flash_attn2":
@@ -148,8 +148,8 @@ def build(impl_name, case, dropout, mode):
     if impl_name == "flex_attention":
         if dropout > 0:
             pytest.skip("FlexAttention has no dropout")
-        if not ON_GPU or mode == "fwd":
-            pytest.skip("FlexAttention: GPU, forward+backward only (each shape costs a compile)")
+        if not ON_GPU or mode == "fwd" or mask is None:
+            pytest.skip("FlexAttention: GPU, padded batches, forward+backward only (each shape costs a compile)")
         from torch.nn.attention.flex_attention import flex_attention
 
         compiled = torch.compile(flex_attention)
@@ -187,4 +187,5 @@ def test_attention(benchmark, impl_name, shape, padding, dropout, mode):
     real_fraction = float(case[4].sum()) / (batch * length)
     measure(benchmark, step, op=f"attention_{mode}", impl=impl_name,
             shape=f"B={batch} H={heads} L={length} D={head_dim} pad={padding:.0%} p={dropout}",
-            flops=real_token_flops(case[4], heads, head_dim, mode), real_token_fraction=real_fraction, **extra)
+            flops=real_token_flops(case[4], heads, head_dim, mode), real_token_fraction=real_fraction,
+            rounds=10 if ON_GPU else None, **extra)
