@@ -284,3 +284,17 @@ def test_bf16_on_gpu_within_twice_pytorch_error(device):
     theirs = eager_attention_forward(torch.nn.Module().eval(), q, k, v, additive)[0].transpose(1, 2)
     ours = ef.attention(q, k, v, mask, dropout_p=0.0)
     assert (ours.double() - truth).abs().max() <= 2 * (theirs.double() - truth).abs().max() + 1e-3
+
+
+def test_transformers_masks_become_key_masks_when_they_only_vary_over_keys():
+    from electra_fast.hf_attention import _key_mask
+
+    mask = right_padding([5, 2], 5, "cpu")
+    expanded = mask[:, None, None, :].expand(2, 1, 5, 5)  # eager/sdpa-style 4-D bool, stride 0 over queries
+    assert torch.equal(_key_mask(expanded, torch.float32), mask)
+    additive = torch.zeros(2, 1, 1, 5).masked_fill(~mask[:, None, None, :], float("-inf")).expand(2, 1, 5, 5)
+    assert _key_mask(additive, torch.float32).shape == (2, 1, 1, 5)
+    varying = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()  # differs per query: stays a full additive mask
+    converted = _key_mask(varying, torch.float32)
+    assert converted.shape == (2, 1, 5, 5) and torch.equal(torch.isinf(converted), ~varying)
+    assert _key_mask(None, torch.float32) is None
