@@ -115,3 +115,10 @@ def register() -> None:
 
     AttentionInterface.register(NAME, electra_fast_attention)
     AttentionMaskInterface.register(NAME, electra_fast_mask)
+
+
+def is_registered() -> bool:
+    """Whether ``attn_implementation="electra_fast"`` is available in this process."""
+    from transformers import AttentionInterface
+
+    return NAME in AttentionInterface._global_mapping
