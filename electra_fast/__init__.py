@@ -1,7 +1,7 @@
 """electra-fast: Triton kernels and a PyTorch pre-trainer that make ELECTRA pre-training fast."""
 
 from .backend import use_backend
-from .ops import attention, generator_loss_and_sample, mask_tokens, rtd_loss
+from .ops import attention, attention_varlen, generator_loss_and_sample, mask_tokens, rtd_loss
 from .patch import apply_fast_electra
 from .optim import build_optimizer_and_scheduler, parameter_groups
 from .pretrainer import ElectraObjective, ElectraPretrainer, ElectraPretrainingOutput
@@ -17,6 +17,7 @@ __all__ = [
     "build_optimizer_and_scheduler",
     "parameter_groups",
     "attention",
+    "attention_varlen",
     "generator_loss_and_sample",
     "mask_tokens",
     "rtd_loss",
@@ -24,3 +25,10 @@ __all__ = [
     "RTDOutput",
     "use_backend",
 ]
+
+from . import hf_attention
+
+try:  # attn_implementation="electra_fast" in transformers models, when transformers is installed
+    hf_attention.register()
+except ImportError:  # pragma: no cover
+    pass

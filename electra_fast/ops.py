@@ -17,7 +17,9 @@ from .backend import use_triton
 from .reference import MaskedTokens, RTDOutput
 from .rng import check_seed
 
-__all__ = ["mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "MaskedTokens", "RTDOutput"]
+__all__ = [
+    "mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "attention_varlen", "MaskedTokens", "RTDOutput",
+]
 
 MASKING_MODES = ("exact", "bernoulli")
 
@@ -117,6 +119,7 @@ def generator_loss_and_sample(
     check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
     check.non_empty("hidden", hidden)
     check.tensor("weight", weight, dims=2, dtypes=check.FLOAT_DTYPES)
+    check.non_empty("weight", weight)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight must have shape [V, {hidden.shape[1]}] (E of hidden), got {tuple(weight.shape)}")
     check.same_device("weight", weight, hidden, "hidden")
@@ -135,8 +138,14 @@ def generator_loss_and_sample(
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     seed = check_seed(seed)
-    if not use_triton(hidden.device):
-        check.ids_in_vocab("targets", targets, vocab_size)
+    if use_triton(hidden.device):
+        from .fused import generator_head
+
+        return generator_head.generator_loss_and_sample(
+            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+            seed=seed,
+        )
+    check.ids_in_vocab("targets", targets, vocab_size)
     return reference.generator_loss_and_sample(
         hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
     )
@@ -218,7 +227,9 @@ def attention(
     """Bidirectional attention on ``[B, heads, L, D]`` tensors with an optional key-padding mask.
 
     ``key_padding_mask`` is ``[B, Lk]`` bool with True for a real key (transformers' attention_mask
-    convention), or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``. Returns ``[B, heads, Lq, D]``.
+    convention), or an additive float mask broadcastable to ``[B, heads, Lq, Lk]``. Returns ``[B, heads, Lq, D]``;
+    on the kernel path it is a view of a contiguous ``[B, Lq, heads, D]`` tensor (``out.transpose(1, 2)`` is what
+    transformers reshapes, without a copy). Masks that vary over heads or queries run the reference.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check.tensor(name, t, dims=4, dtypes=check.FLOAT_DTYPES)
@@ -252,4 +263,48 @@ def attention(
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
         raise ValueError(f"scale must be a number > 0 or None, got {scale!r}")
     seed = check_seed(seed)
+    if use_triton(q.device):
+        from .fused import attention as fused_attention
+
+        return fused_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
     return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Attention within each of the packed sequences of ``q, k, v`` [total, heads, D] (flash-attn's varlen API).
+
+    ``cu_seqlens`` [B + 1] int32/int64 holds the sequence offsets (0, ..., total), shared by queries and keys;
+    ``max_seqlen`` >= every sequence length. Returns [total, heads, D]. The dropout mask is the one
+    ``attention`` draws for the same batch right-padded to ``max_seqlen``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check.tensor(name, t, dims=3, dtypes=check.FLOAT_DTYPES)
+        check.non_empty(name, t)
+        check.same_shape(name, t, q.shape, "the shape of q, [total, heads, D]")
+        check.same_device(name, t, q, "q")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    check.tensor("cu_seqlens", cu_seqlens, dims=1, dtypes=check.INTEGER_DTYPES)
+    check.same_device("cu_seqlens", cu_seqlens, q, "q")
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have B + 1 >= 2 entries, got {cu_seqlens.numel()}")
+    check.positive_int("max_seqlen", max_seqlen)
+    check.probability("dropout_p", dropout_p, high_open=True)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ValueError(f"scale must be a number > 0 or None, got {scale!r}")
+    seed = check_seed(seed)
+    if use_triton(q.device):
+        from .fused import attention as fused_attention
+
+        return fused_attention.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
+    return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)

@@ -19,9 +19,7 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.electra.modeling_electra import ElectraForPreTrainingOutput
 
-from . import ops
-
-ATTENTION_IMPLEMENTATION = "electra_fast"
+from . import hf_attention, ops
 
 
 def _fast_masked_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -62,12 +60,6 @@ def _fast_pretraining_forward(self, input_ids=None, attention_mask=None, token_t
 _FAST_FORWARDS = {ElectraForMaskedLM: _fast_masked_lm_forward, ElectraForPreTraining: _fast_pretraining_forward}
 
 
-def attention_available() -> bool:
-    from transformers import AttentionInterface
-
-    return ATTENTION_IMPLEMENTATION in AttentionInterface._global_mapping
-
-
 def apply_fast_electra(model, *, losses: bool = True, attention: bool = True):
     """Patch ``model`` (an HF Electra model) in place to use electra-fast's fused paths; returns it."""
     if not hasattr(model, "config") or getattr(model.config, "model_type", None) != "electra":
@@ -77,6 +69,6 @@ def apply_fast_electra(model, *, losses: bool = True, attention: bool = True):
             if isinstance(model, cls) and not hasattr(model, "_electra_fast_original_forward"):
                 model._electra_fast_original_forward = model.forward
                 model.forward = types.MethodType(forward, model)
-    if attention and attention_available():
-        model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    if attention and hf_attention.is_registered():
+        model.set_attn_implementation(hf_attention.NAME)
     return model

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from . import ops
+from . import hf_attention, ops
 from .backend import use_backend
 from .presets import electra_configs, get_preset
 from .reference import MaskedTokens
+from .rng import check_seed
 
 EMBEDDING_SHARING = ("tied", "gdes", "none")
 
@@ -114,6 +115,11 @@ class ElectraPretrainer(nn.Module):
         self.objective = objective
         self.fused = fused
         self._share_embeddings(objective.embedding_sharing)
+        # Fused: both encoders run electra-fast's attention (kernel with Philox dropout keyed by the step seed).
+        self.fast_attention = fused and hf_attention.is_registered()
+        if self.fast_attention:
+            for model in (generator, discriminator):
+                model.set_attn_implementation(hf_attention.NAME)
 
     def _share_embeddings(self, sharing: str) -> None:
         gen_embeddings = self.generator.electra.embeddings
@@ -151,10 +157,17 @@ class ElectraPretrainer(nn.Module):
         return self.generator.config.vocab_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, seed) -> ElectraPretrainingOutput:
+        seed = check_seed(seed)
         if self.fused:
             return self._forward(input_ids, attention_mask, seed)
         with use_backend("reference"):
             return self._forward(input_ids, attention_mask, seed)
+
+    def _encoder_kwargs(self, seed: int, encoder_index: int) -> dict:
+        """The attention-dropout seed of one encoder (generator 0, discriminator 1) for this step."""
+        if not self.fast_attention:
+            return {}
+        return {hf_attention.SEED_KWARG: hf_attention.encoder_seed(seed, encoder_index)}
 
     def _forward(self, input_ids, attention_mask, seed) -> ElectraPretrainingOutput:
         obj = self.objective
@@ -166,7 +179,9 @@ class ElectraPretrainer(nn.Module):
         )
 
         # Generator: encoder on the masked ids, head only at the P slots.
-        gen_hidden = self.generator.electra(masked.input_ids, attention_mask=attention_mask).last_hidden_state
+        gen_hidden = self.generator.electra(
+            masked.input_ids, attention_mask=attention_mask, **self._encoder_kwargs(seed, 0)
+        ).last_hidden_state
         slots = masked.positions.shape[1]
         slot_hidden = gen_hidden.gather(1, masked.positions[..., None].expand(-1, -1, gen_hidden.shape[-1]))
         head_hidden = self.generator.generator_predictions(slot_hidden.reshape(batch * slots, -1))
@@ -187,7 +202,9 @@ class ElectraPretrainer(nn.Module):
         sampled = torch.cat([input_ids, input_ids[:, :1]], dim=1).scatter(1, scatter_at, samples.to(input_ids.dtype))
         corrupted_ids = torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
 
-        disc_hidden = self.discriminator.electra(corrupted_ids, attention_mask=attention_mask).last_hidden_state
+        disc_hidden = self.discriminator.electra(
+            corrupted_ids, attention_mask=attention_mask, **self._encoder_kwargs(seed, 1)
+        ).last_hidden_state
         head = self.discriminator.discriminator_predictions
         rtd = ops.rtd_loss(
             disc_hidden, head.dense.weight, head.dense.bias, head.dense_prediction.weight, head.dense_prediction.bias,

@@ -278,3 +278,29 @@ def attention(
         probs = probs * keep / (1.0 - dropout_p)
     out = (probs @ v.float()).to(q.dtype)
     return (out, lse) if return_lse else out
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Attention within each packed sequence of ``q, k, v`` [total, heads, D]: defined as ``attention`` on the
+    batch right-padded to ``max_seqlen`` (so the dropout mask is the padded batch's), then unpadded."""
+    offsets = [int(x) for x in cu_seqlens.tolist()]
+    batch, (total, heads, head_dim) = len(offsets) - 1, q.shape
+    padded = [q.new_zeros(batch, max_seqlen, heads, head_dim) for _ in range(3)]
+    real = torch.zeros(batch, max_seqlen, dtype=torch.bool, device=q.device)
+    for b in range(batch):
+        start, end = offsets[b], offsets[b + 1]
+        for dst, src in zip(padded, (q, k, v)):
+            dst[b, : end - start] = src[start:end]
+        real[b, : end - start] = True
+    out = attention(*(t.transpose(1, 2) for t in padded), real, dropout_p=dropout_p, scale=scale, seed=seed)
+    return torch.cat([out[b, :, : offsets[b + 1] - offsets[b]].transpose(0, 1) for b in range(batch)])

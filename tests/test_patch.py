@@ -78,3 +78,9 @@ def test_patching_twice_is_harmless_and_other_models_are_rejected():
 
 def test_exported_from_the_package():
     assert ef.apply_fast_electra is apply_fast_electra
+
+
+def test_attention_is_switched_to_electra_fast():
+    torch.manual_seed(0)
+    model = apply_fast_electra(ElectraForPreTraining(ElectraConfig(**CONFIG)))
+    assert model.config._attn_implementation == "electra_fast"

@@ -205,3 +205,16 @@ def test_gdes_export_materialises_plain_hf_models(tmp_path):
     loaded = ElectraForPreTraining.from_pretrained(str(tmp_path / "discriminator"))
     expected = model.generator.electra.embeddings.word_embeddings.weight + 0.5
     torch.testing.assert_close(loaded.electra.embeddings.word_embeddings.weight, expected)
+
+
+def test_fused_pretrainer_runs_electra_fast_attention_with_per_encoder_dropout_seeds():
+    model = tiny()
+    assert model.generator.config._attn_implementation == "electra_fast"
+    assert model.discriminator.config._attn_implementation == "electra_fast"
+    assert tiny(fused=False).discriminator.config._attn_implementation != "electra_fast"
+    ids, mask = make_batch()
+    # Attention dropout only (hidden dropout off): the same seed repeats the step, another seed changes it.
+    model = tiny(config_kwargs=dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.3))
+    a, b, c = (model(ids, mask, seed=s).rtd_logits for s in (8, 8, 9))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)

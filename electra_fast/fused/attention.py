@@ -1,0 +1,195 @@
+"""Flash attention as torch.library custom ops (opaque to torch.compile) with autograd, and the entry points
+that turn masks into what kernels/attention.py reads.
+
+Layouts. The padded entry takes q, k, v as [B, heads, L, D] tensors with any strides and a unit stride on D,
+which is what transformers hands over: views of [B, L, heads, D] projections, read in place. It returns
+[B, heads, Lq, D] as a view of a contiguous [B, Lq, heads, D] buffer, so ``out.transpose(1, 2)`` is the
+contiguous [B, Lq, heads, D] tensor transformers reshapes to [B, Lq, hidden] without a copy. The gradients of
+q, k, v have the same layout (views of contiguous [B, L, heads, D] buffers), matching the projections.
+
+Masks. A [B, Lk] bool mask (True = real key) or an additive float mask of shape [B or 1, 1, 1, Lk] (or any
+shape that broadcasts from [B, Lk] to [B, heads, Lq, Lk] without varying over heads and queries) becomes an
+fp32 bias per (batch, key) with -inf for masked keys, plus the per-sequence count of key rows to visit (one
+past the last real key), so right padding costs no work. Masks that vary over heads or queries run the
+reference instead, with a one-time warning. A float mask gets no gradient.
+
+Dtypes. fp16/bf16 on CUDA; fp32 (and everything) under the Triton interpreter. fp32 CUDA tensors and head dims
+above 128 run the reference, with a one-time warning.
+
+Variable length. ``attention_varlen`` takes packed [total, heads, D] tensors and ``cu_seqlens`` [B + 1]
+(int32 or int64 offsets, as flash-attn's varlen API, one set shared by queries and keys: self-attention). Its
+dropout mask is the one the padded entry draws for the same batch right-padded to ``max_seqlen``, so the two
+entries agree exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from .. import reference
+from ..kernels import attention as kernels
+
+__all__ = ["attention", "attention_varlen", "key_bias_and_extent"]
+
+
+@torch.library.custom_op("electra_fast::attention_forward", mutates_args=())
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor, bounds: torch.Tensor,
+    q_len_padded: int, k_len_padded: int, scale: float, dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return kernels.attention_forward(q, k, v, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed)
+
+
+@attention_forward.register_fake
+def _attention_forward_fake(q, k, v, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed):
+    heads, head_dim = q.shape[1], q.shape[-1]
+    if q.dim() == 4:
+        out = q.new_empty(q.shape[0], q_len_padded, heads, head_dim)
+        lse = q.new_empty(q.shape[0], heads, q_len_padded, dtype=torch.float32)
+    else:
+        out = q.new_empty(q.shape)
+        lse = q.new_empty(heads, q.shape[0], dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("electra_fast::attention_backward", mutates_args=())
+def attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    key_bias: torch.Tensor, bounds: torch.Tensor, q_len_padded: int, k_len_padded: int, scale: float,
+    dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kernels.attention_backward(
+        dout, q, k, v, out, lse, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed
+    )
+
+
+def _gradient_like(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 4:  # a [B, heads, L, D] view of a [B, L, heads, D] buffer
+        return t.new_empty(t.shape[0], t.shape[2], t.shape[1], t.shape[3]).transpose(1, 2)
+    return t.new_empty(t.shape)
+
+
+@attention_backward.register_fake
+def _attention_backward_fake(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded, k_len_padded, scale,
+                             dropout_p, seed):
+    return _gradient_like(q), _gradient_like(k), _gradient_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_bias, bounds)
+    ctx.arguments = (q_len_padded, k_len_padded, scale, dropout_p, seed)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_bias, bounds = ctx.saved_tensors
+    if dout.stride(-1) != 1:  # e.g. the expanded gradient of a sum: the kernels need a unit stride on D
+        dout = dout.contiguous()
+    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, key_bias, bounds, *ctx.arguments)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, q_len: int, k_len: int, device):
+    """(fp32 key bias [B, Lk] or a single 0, int32 count of key rows to visit [B]) for a per-key mask, or None
+    when the mask varies over heads or queries (the kernels cannot express it)."""
+    if key_padding_mask is None:
+        return torch.zeros(1, device=device), torch.full((batch,), k_len, device=device, dtype=torch.int32)
+    if key_padding_mask.dtype == torch.bool:
+        allowed = key_padding_mask
+        bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+    else:
+        additive = key_padding_mask.reshape((1,) * (4 - key_padding_mask.dim()) + tuple(key_padding_mask.shape))
+        if any(additive.shape[d] != 1 and additive.stride(d) != 0 for d in (1, 2)):
+            return None  # varies over heads or queries
+        additive = additive[:, 0, 0, :].expand(batch, k_len).float()
+        # The reference's rule: entries at or below half the dtype's minimum (or -inf) mask the key out.
+        allowed = (additive > torch.finfo(torch.float32).min / 2) & (
+            additive > torch.finfo(key_padding_mask.dtype).min / 2
+        )
+        bias = torch.where(allowed, additive, torch.full_like(additive, float("-inf")))
+    positions = torch.arange(1, k_len + 1, device=device, dtype=torch.int32)
+    extent = torch.where(allowed, positions, torch.zeros_like(positions)).amax(dim=1).to(torch.int32)
+    return bias.contiguous(), extent
+
+
+_warned_fallbacks: set[str] = set()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned_fallbacks:
+        _warned_fallbacks.add(reason)
+        warnings.warn(f"electra_fast.attention runs the PyTorch reference: {reason}", stacklevel=3)
+
+
+def _unsupported(q) -> Optional[str]:
+    """Why the kernels cannot take ``q``'s head dim or dtype, or None."""
+    if q.shape[-1] > kernels.HEAD_DIM_BLOCKS[-1]:
+        return f"head_dim {q.shape[-1]} > {kernels.HEAD_DIM_BLOCKS[-1]}"
+    if q.dtype == torch.float32 and q.device.type == "cuda":
+        # Exact fp32 products have no tensor-core path and their tiles spill; TF32 would miss fp32 parity.
+        return "fp32 on CUDA (the kernels run fp16/bf16 there; use autocast or half-precision activations)"
+    return None
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _padded_forward(q, k, v, key_bias, extent, scale: float, dropout_p: float, seed: int):
+    batch, _, q_len, _ = q.shape
+    k_len = k.shape[2]
+    int32 = dict(device=q.device, dtype=torch.int32)
+    bounds = torch.stack([
+        torch.zeros(batch, **int32), torch.full((batch,), q_len, **int32), torch.full((batch,), k_len, **int32),
+        extent,
+    ])
+    out, lse = attention_forward(
+        _unit_stride(q), _unit_stride(k), _unit_stride(v), key_bias, bounds, q_len, k_len, scale, float(dropout_p), seed
+    )
+    return out.transpose(1, 2), lse
+
+
+def attention(q, k, v, key_padding_mask=None, *, dropout_p: float = 0.0, scale: Optional[float] = None,
+              seed: int = 0, return_lse: bool = False):
+    """Padded entry (arguments checked by electra_fast.ops.attention): [B, heads, Lq, D] view of a contiguous
+    [B, Lq, heads, D] output; with ``return_lse`` also the natural-log LSE [B, heads, Lq] (fp32, -inf for rows
+    without keys, no gradient)."""
+    batch, heads, q_len, head_dim = q.shape
+    scale = head_dim**-0.5 if scale is None else float(scale)
+    masks = key_bias_and_extent(key_padding_mask, batch, q_len, k.shape[2], q.device)
+    reason = "the mask varies over heads or queries" if masks is None else _unsupported(q)
+    if reason:
+        _warn_once(reason)
+        return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed,
+                                   return_lse=return_lse)
+    out, lse = _padded_forward(q, k, v, *masks, scale, dropout_p, seed)
+    return (out, lse) if return_lse else out
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, *, dropout_p: float = 0.0,
+                     scale: Optional[float] = None, seed: int = 0) -> torch.Tensor:
+    """Packed entry (arguments checked by electra_fast.ops.attention_varlen): q, k, v [total, heads, D],
+    returns [total, heads, D]."""
+    head_dim = q.shape[-1]
+    scale = head_dim**-0.5 if scale is None else float(scale)
+    reason = _unsupported(q)
+    if reason:
+        _warn_once(reason)
+        return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
+    starts = cu_seqlens[:-1].to(torch.int32)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    bounds = torch.stack([starts, lengths, lengths, lengths])
+    no_mask = torch.zeros(1, device=q.device)
+    out, _ = attention_forward(
+        _unit_stride(q), _unit_stride(k), _unit_stride(v), no_mask, bounds, max_seqlen, max_seqlen, scale,
+        float(dropout_p), seed,
+    )
+    return out

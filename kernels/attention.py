@@ -1,0 +1,443 @@
+"""Padding-aware flash attention for bidirectional encoders: forward, backward (by recompute), dropout.
+
+One code path serves padded batches and packed variable-length batches. Every program reads its sequence's
+bounds from an int32 table ``bounds[4, B]``:
+
+    bounds[0, b]  first row of sequence b in the row dimension (0 for padded batches, cu_seqlens[b] packed)
+    bounds[1, b]  number of query rows (Lq padded, the sequence length packed)
+    bounds[2, b]  number of key rows whose gradients are written (Lk padded, the sequence length packed)
+    bounds[3, b]  number of key rows visited: one past the last unmasked key. Key blocks at or beyond it are
+                  never loaded (right padding costs nothing); keys before it may still be masked by the bias.
+
+Tensors are addressed through (batch, head, row) strides with a unit stride along the head dimension, so
+transformers' [B, heads, L, D] views of [B, L, heads, D] projections are read in place, and packed
+[total, heads, D] tensors use a batch stride of 0. The key padding mask arrives as an fp32 additive bias per
+(batch, key): 0 (or any finite value) for a real key, -inf for a masked one.
+
+Numerics: scores, the online-softmax statistics, the accumulators and every gradient accumulator are fp32;
+softmax runs in base 2 (scores are pre-multiplied by scale * log2(e)) and only the natural-log LSE per row is
+saved. A query row with no unmasked key gets output 0 and LSE -inf. The matrix products take q, k, v, dO (and
+P, dS rounded to it) in the input dtype with fp32 accumulation: fp16/bf16 tensor cores on a GPU; fp32 runs only
+under the interpreter (exact, input_precision="ieee"). FP32_DOTS upcasts the operands first (bf16 under the
+interpreter, which computes bf16 wrongly).
+
+Dropout keeps probability (i, j) of head (b, h) iff Philox(seed, ATTENTION_DROPOUT, ((b * heads + h) * Lq +
+i) * Lk + j) >= p, with i, j positions inside the sequence and Lq, Lk the padded lengths (max_seqlen for packed
+batches), and scales kept ones by 1 / (1 - p); the backward kernels regenerate the same bits.
+
+Backward: ``attention_backward_dq_kernel`` runs per query block, computes delta = rowsum(dO * O) (saved for the
+second kernel) and accumulates dQ over key blocks; ``attention_backward_dkdv_kernel`` runs per key block and
+accumulates dK and dV over query blocks. Both recompute P from q, k and the LSE. No atomics: gradients are
+bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .philox import draw_uniform
+from .registry import register
+
+LOG2E = tl.constexpr(1.4426950408889634)
+# electra_fast.rng.Stream.ATTENTION_DROPOUT (kernels do not import the PyTorch side; a test ties the two).
+ATTENTION_DROPOUT_STREAM = tl.constexpr(5)
+
+
+@triton.jit
+def _load_bounds(bounds_ptr, b, n_batch):
+    row_start = tl.load(bounds_ptr + b).to(tl.int64)
+    q_count = tl.load(bounds_ptr + n_batch + b)
+    k_stored = tl.load(bounds_ptr + 2 * n_batch + b)
+    k_visited = tl.load(bounds_ptr + 3 * n_batch + b)
+    return row_start, q_count, k_stored, k_visited
+
+
+@triton.jit
+def _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows, cols):
+    """Keep decision for every (row, col) pair of a tile: rows and cols are broadcastable index tensors."""
+    index = (bh.to(tl.int64) * q_len_padded + rows) * k_len_padded + cols
+    return draw_uniform(seed, ATTENTION_DROPOUT_STREAM, index) >= dropout_p
+
+
+@triton.jit
+def attention_forward_kernel(
+    q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol, stride_lseb, stride_lseh, stride_biasb, stride_biasl,
+    n_batch, heads, q_len_padded, k_len_padded, scale_log2, seed, dropout_p,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    row_start, q_count, _, k_visited = _load_bounds(bounds_ptr, b, n_batch)
+    rows = start_m + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < q_count
+    dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
+
+    q_rows = q_ptr + b * stride_qb + h * stride_qh + (row_start + rows[:, None]) * stride_ql + dims[None, :]
+    q = tl.load(q_rows, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    if FP32_DOTS:
+        q = q.to(tl.float32)
+    k_head = k_ptr + b * stride_kb + h * stride_kh + row_start * stride_kl
+    v_head = v_ptr + b * stride_vb + h * stride_vh + row_start * stride_vl
+    bias_row = key_bias_ptr + b * stride_biasb + row_start * stride_biasl
+
+    # Online softmax in base 2, all fp32: running max m_i, running sum l_i, unnormalised output acc.
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    key_stop = tl.where(start_m < q_count, k_visited, 0)  # blocks past a packed sequence's end do no work
+    for start_n in range(0, key_stop, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < k_visited
+        kv_mask = col_ok[:, None] & dim_ok[None, :]
+        k = tl.load(k_head + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
+        bias = tl.load(bias_row + cols * stride_biasl, mask=col_ok, other=float("-inf"))
+        if FP32_DOTS:
+            k = k.to(tl.float32)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2 + bias[None, :] * LOG2E
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # While a row has seen only masked keys its max is -inf; subtract 0 instead to avoid inf - inf.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(scores - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped probabilities too
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[:, None], cols[None, :])
+            p = tl.where(keep, p, 0.0)
+        v = tl.load(v_head + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
+        if FP32_DOTS:
+            v = v.to(tl.float32)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+        m_i = m_new
+
+    empty_row = l_i == 0.0  # no unmasked key: output 0, LSE -inf
+    l_safe = tl.where(empty_row, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = out * (1.0 / (1.0 - dropout_p))
+    lse = tl.where(empty_row, float("-inf"), (m_i + tl.math.log2(l_safe)) / LOG2E)
+    out_rows = out_ptr + b * stride_ob + h * stride_oh + (row_start + rows[:, None]) * stride_ol + dims[None, :]
+    tl.store(out_rows, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    tl.store(lse_ptr + b * stride_lseb + h * stride_lseh + row_start + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def attention_backward_dq_kernel(
+    q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol, stride_dob, stride_doh, stride_dol, stride_dqb, stride_dqh, stride_dql,
+    stride_lseb, stride_lseh, stride_biasb, stride_biasl,
+    n_batch, heads, q_len_padded, k_len_padded, scale, scale_log2, seed, dropout_p,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    row_start, q_count, _, k_visited = _load_bounds(bounds_ptr, b, n_batch)
+    rows = start_m + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < q_count
+    dim_ok = dims < HEAD_DIM
+    tile_mask = row_ok[:, None] & dim_ok[None, :]
+
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + (row_start + rows[:, None]) * stride_ql + dims[None, :],
+                mask=tile_mask, other=0.0)
+    dout = tl.load(dout_ptr + b * stride_dob + h * stride_doh + (row_start + rows[:, None]) * stride_dol
+                   + dims[None, :], mask=tile_mask, other=0.0)
+    out = tl.load(out_ptr + b * stride_ob + h * stride_oh + (row_start + rows[:, None]) * stride_ol + dims[None, :],
+                  mask=tile_mask, other=0.0)
+    # delta = rowsum(dO * O) = rowsum(P * dP) (O includes dropout, so this holds with dropout too), in fp32.
+    delta = tl.sum(dout.to(tl.float32) * out.to(tl.float32), 1)
+    row_stats = b * stride_lseb + h * stride_lseh + row_start + rows
+    tl.store(delta_ptr + row_stats, delta, mask=row_ok)
+    lse = tl.load(lse_ptr + row_stats, mask=row_ok, other=0.0)
+    lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)  # rows without keys: P is 0 anyway
+    if FP32_DOTS:
+        q = q.to(tl.float32)
+        dout = dout.to(tl.float32)
+    k_head = k_ptr + b * stride_kb + h * stride_kh + row_start * stride_kl
+    v_head = v_ptr + b * stride_vb + h * stride_vh + row_start * stride_vl
+    bias_row = key_bias_ptr + b * stride_biasb + row_start * stride_biasl
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    key_stop = tl.where(start_m < q_count, k_visited, 0)
+    for start_n in range(0, key_stop, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < k_visited
+        kv_mask = col_ok[:, None] & dim_ok[None, :]
+        k = tl.load(k_head + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_head + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
+        bias = tl.load(bias_row + cols * stride_biasl, mask=col_ok, other=float("-inf"))
+        if FP32_DOTS:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        # Recompute P = exp(S - LSE) exactly as the forward normalised it.
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2 + bias[None, :] * LOG2E
+        p = tl.math.exp2(scores - lse_log2[:, None])
+        dp = tl.dot(dout, tl.trans(v), input_precision="ieee")
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[:, None], cols[None, :])
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])  # gradient of the (natural-scale) scores, fp32
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
+    dq = dq * scale
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + (row_start + rows[:, None]) * stride_dql + dims[None, :],
+             dq.to(dq_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit
+def attention_backward_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
+    stride_dob, stride_doh, stride_dol, stride_dkb, stride_dkh, stride_dkl, stride_dvb, stride_dvh, stride_dvl,
+    stride_lseb, stride_lseh, stride_biasb, stride_biasl,
+    n_batch, heads, q_len_padded, k_len_padded, scale, scale_log2, seed, dropout_p,
+    HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    row_start, q_count, k_stored, k_visited = _load_bounds(bounds_ptr, b, n_batch)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < k_visited
+    dim_ok = dims < HEAD_DIM
+    kv_mask = col_ok[:, None] & dim_ok[None, :]
+
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + (row_start + cols[:, None]) * stride_kl + dims[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + (row_start + cols[:, None]) * stride_vl + dims[None, :],
+                mask=kv_mask, other=0.0)
+    bias = tl.load(key_bias_ptr + b * stride_biasb + (row_start + cols) * stride_biasl, mask=col_ok,
+                   other=float("-inf"))
+    if FP32_DOTS:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    q_head = q_ptr + b * stride_qb + h * stride_qh + row_start * stride_ql
+    dout_head = dout_ptr + b * stride_dob + h * stride_doh + row_start * stride_dol
+    stats_head = b * stride_lseb + h * stride_lseh + row_start
+
+    # Work in the transposed orientation (keys x queries) so dK and dV accumulate as [BLOCK_N, D] tiles.
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    query_stop = tl.where(start_n < k_visited, q_count, 0)  # key blocks past the last real key stay 0
+    for start_m in range(0, query_stop, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < q_count
+        q_mask = row_ok[:, None] & dim_ok[None, :]
+        q = tl.load(q_head + rows[:, None] * stride_ql + dims[None, :], mask=q_mask, other=0.0)
+        dout = tl.load(dout_head + rows[:, None] * stride_dol + dims[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + stats_head + rows, mask=row_ok, other=0.0)
+        delta = tl.load(delta_ptr + stats_head + rows, mask=row_ok, other=0.0)
+        lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
+        if FP32_DOTS:
+            q = q.to(tl.float32)
+            dout = dout.to(tl.float32)
+        scores_t = tl.dot(k, tl.trans(q), input_precision="ieee") * scale_log2 + bias[:, None] * LOG2E
+        p_t = tl.math.exp2(scores_t - lse_log2[None, :])
+        p_t = tl.where(row_ok[None, :], p_t, 0.0)
+        dp_t = tl.dot(v, tl.trans(dout), input_precision="ieee")
+        if DROPOUT:
+            keep_t = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[None, :], cols[:, None])
+            dropout_scale = 1.0 / (1.0 - dropout_p)
+            p_dropped_t = tl.where(keep_t, p_t * dropout_scale, 0.0)
+            dp_t = tl.where(keep_t, dp_t * dropout_scale, 0.0)
+        else:
+            p_dropped_t = p_t
+        dv = tl.dot(p_dropped_t.to(dout.dtype), dout, dv, input_precision="ieee")
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
+    dk = dk * scale
+    store_mask = (cols < k_stored)[:, None] & dim_ok[None, :]  # masked keys get explicit zero gradients
+    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + (row_start + cols[:, None]) * stride_dkl + dims[None, :],
+             dk.to(dk_ptr.dtype.element_ty), mask=store_mask)
+    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + (row_start + cols[:, None]) * stride_dvl + dims[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=store_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launchers and launch configurations
+# ---------------------------------------------------------------------------------------------------------------
+
+HEAD_DIM_BLOCKS = (16, 32, 64, 128)  # head dims 1..128 are padded up to the next of these
+# AOT-compiled (dtype, head dim) pairs. Registers depend only on the tile family (BLOCK_D 64 or 128) and the
+# dropout flag, so by default the suite compiles ELECTRA's head dim 64 in both GPU dtypes and the 128 family in
+# bf16, keeping `python -m electra_fast.aot` short; ELECTRA_FAST_AOT_FULL=1 adds fp16/bf16 x 16/32/80/96/128
+# (all compiled without spills on sm_80 and sm_90a when this was written).
+REGISTERED_CONFIGS = (("bfloat16", 64), ("float16", 64), ("bfloat16", 128))
+FULL_AOT_CONFIGS = tuple((dtype, d) for dtype in ("float16", "bfloat16") for d in (16, 32, 64, 80, 96, 128))
+_POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16"}
+
+
+def _tile_configs(block_d: int, dropout: bool, interpreted: bool = False) -> dict:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, chosen to compile without spills on sm_80 and
+    sm_90a for fp16/bf16 (Philox draws for dropout need smaller score tiles; not tuned on hardware yet). Under
+    the interpreter registers do not matter and large tiles mean fewer programs to simulate."""
+    if interpreted:
+        return dict.fromkeys(("forward", "dq", "dkdv"), (64, 64, 4, 1))
+    if block_d == 128:
+        return {"forward": (64, 32, 8, 2), "dq": (32, 64, 8, 2), "dkdv": (32, 32, 8, 2)}
+    # With head dims <= 32, 8 warps leave dq at 128 registers on sm_80 and it spills; 4 warps do not.
+    dq_warps = 4 if block_d <= 32 else 8
+    return {"forward": (128, 32, 8, 2) if dropout else (128, 64, 8, 3), "dq": (64, 32, dq_warps, 2),
+            "dkdv": (32, 64, 8, 2)}
+
+
+def block_head_dim(head_dim: int) -> int:
+    for block in HEAD_DIM_BLOCKS:
+        if head_dim <= block:
+            return block
+    raise ValueError(f"head_dim must be <= {HEAD_DIM_BLOCKS[-1]}, got {head_dim}")
+
+
+def _row_strides(t):
+    """(batch, head, row) strides of a [B, heads, L, D] view or of a packed [total, heads, D] tensor."""
+    if t.dim() == 4:
+        return t.stride(0), t.stride(1), t.stride(2)
+    return 0, t.stride(1), t.stride(0)
+
+
+def _stats_strides(stats):
+    """(batch, head) strides of the fp32 per-row statistics: [B, heads, Lq] padded, [heads, total] packed."""
+    if stats.dim() == 3:
+        return stats.stride(0), stats.stride(1)
+    return 0, stats.stride(0)
+
+
+def _bias_strides(key_bias):
+    """The bias is [B, Lk] fp32, or a single 0 (no mask) read through zero strides."""
+    if key_bias.dim() == 2:
+        return key_bias.stride(0), key_bias.stride(1)
+    return 0, 0
+
+
+def _as_heads_first(t):
+    """[B, L, heads, D] buffers are addressed as [B, heads, L, D] views; packed tensors stay as they are."""
+    return t.transpose(1, 2) if t.dim() == 4 else t
+
+
+def _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p):
+    head_dim = q.shape[-1]
+    block_d = block_head_dim(head_dim)
+    interpreted = q.device.type == "cpu"
+    configs = _tile_configs(block_d, dropout_p > 0, interpreted)
+    n_batch = bounds.shape[1]
+    heads = q.shape[1]
+    # The interpreter computes bf16 wrongly (DESIGN §6): there the products run on fp32 copies.
+    fp32_dots = interpreted and q.dtype == torch.bfloat16
+    constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout_p > 0, FP32_DOTS=fp32_dots, BLOCK_D=block_d)
+    return head_dim, configs, n_batch, heads, constexprs
+
+
+def attention_forward(q, k, v, key_bias, bounds, q_len_padded: int, k_len_padded: int, scale: float,
+                      dropout_p: float, seed: int):
+    """Forward pass. Padded: q, k, v [B, heads, L, D] (any strides, unit stride on D); returns out as a
+    contiguous [B, Lq, heads, D] tensor and lse [B, heads, Lq] fp32. Packed: q, k, v [total, heads, D];
+    returns out [total, heads, D] and lse [heads, total]."""
+    head_dim, configs, n_batch, heads, constexprs = _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p)
+    if q.dim() == 4:
+        out = torch.empty(q.shape[0], q_len_padded, heads, head_dim, device=q.device, dtype=q.dtype)
+        lse = torch.empty(q.shape[0], heads, q_len_padded, device=q.device, dtype=torch.float32)
+    else:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty(heads, q.shape[0], device=q.device, dtype=torch.float32)
+    block_m, block_n, num_warps, num_stages = configs["forward"]
+    grid = (triton.cdiv(q_len_padded, block_m), n_batch * heads)
+    attention_forward_kernel[grid](
+        q, k, v, key_bias, bounds, out, lse,
+        *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(_as_heads_first(out)),
+        *_stats_strides(lse), *_bias_strides(key_bias),
+        n_batch, heads, q_len_padded, k_len_padded, scale * 1.4426950408889634, seed, dropout_p,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+    )
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: int, k_len_padded: int,
+                       scale: float, dropout_p: float, seed: int):
+    """Gradients of attention_forward. ``dout`` and ``out`` have out's shape ([B, Lq, heads, D] padded, any
+    strides for dout). Returns dq, dk, dv shaped like q, k, v: [B, heads, L, D] views of contiguous
+    [B, L, heads, D] buffers (padded) or contiguous [total, heads, D] (packed)."""
+    head_dim, configs, n_batch, heads, constexprs = _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p)
+
+    def gradient_like(t):
+        if t.dim() == 4:
+            return torch.empty(t.shape[0], t.shape[2], heads, head_dim, device=t.device, dtype=t.dtype).transpose(1, 2)
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    dq, dk, dv = gradient_like(q), gradient_like(k), gradient_like(v)
+    delta = torch.empty_like(lse)
+    out_view, dout_view = _as_heads_first(out), _as_heads_first(dout)
+    block_m, block_n, num_warps, num_stages = configs["dq"]
+    attention_backward_dq_kernel[(triton.cdiv(q_len_padded, block_m), n_batch * heads)](
+        q, k, v, key_bias, bounds, out, dout, lse, delta, dq,
+        *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(out_view), *_row_strides(dout_view),
+        *_row_strides(dq), *_stats_strides(lse), *_bias_strides(key_bias),
+        n_batch, heads, q_len_padded, k_len_padded, scale, scale * 1.4426950408889634, seed, dropout_p,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+    )
+    block_m, block_n, num_warps, num_stages = configs["dkdv"]
+    attention_backward_dkdv_kernel[(triton.cdiv(k_len_padded, block_n), n_batch * heads)](
+        q, k, v, key_bias, bounds, dout, lse, delta, dk, dv,
+        *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(dout_view),
+        *_row_strides(dk), *_row_strides(dv), *_stats_strides(lse), *_bias_strides(key_bias),
+        n_batch, heads, q_len_padded, k_len_padded, scale, scale * 1.4426950408889634, seed, dropout_p,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+    )
+    return dq, dk, dv
+
+
+def _register_configs():
+    """AOT entries (DESIGN §6): the three kernels with and without dropout for each registered (dtype, head dim)."""
+    full = os.environ.get("ELECTRA_FAST_AOT_FULL", "0") not in ("", "0")
+    for dtype_name, head_dim in FULL_AOT_CONFIGS if full else REGISTERED_CONFIGS:
+        pointer = _POINTER_TYPES[dtype_name]
+        block_d = block_head_dim(head_dim)
+        for dropout in (False, True):
+            configs = _tile_configs(block_d, dropout)
+            for kernel, role, tensors in (
+                (attention_forward_kernel, "forward",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer}),
+                (attention_backward_dq_kernel, "dq",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer, "dout_ptr": pointer,
+                  "delta_ptr": "*fp32", "dq_ptr": pointer}),
+                (attention_backward_dkdv_kernel, "dkdv",
+                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "dout_ptr": pointer,
+                  "delta_ptr": "*fp32", "dk_ptr": pointer, "dv_ptr": pointer}),
+            ):
+                block_m, block_n, num_warps, num_stages = configs[role]
+                constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=block_m, BLOCK_N=block_n,
+                                  BLOCK_D=block_d)
+                signature = {}
+                for name in kernel.arg_names:
+                    if name in constexprs:
+                        continue
+                    if name in tensors:
+                        signature[name] = tensors[name]
+                    elif name in ("key_bias_ptr", "lse_ptr"):
+                        signature[name] = "*fp32"
+                    elif name == "bounds_ptr":
+                        signature[name] = "*i32"
+                    elif name in ("scale", "scale_log2", "dropout_p"):
+                        signature[name] = "fp32"
+                    elif name == "seed":
+                        signature[name] = "i64"
+                    else:  # strides, sizes
+                        signature[name] = "i32"
+                register(kernel, signature, constexprs, num_warps=num_warps, num_stages=num_stages)
+
+
+_register_configs()

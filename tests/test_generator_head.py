@@ -1,0 +1,325 @@
+"""Fused generator head (kernels/generator_head.py) against the reference and an fp64 ground truth, and the
+reference itself against independent ground truth (F.cross_entropy, transformers' ElectraForMaskedLM, a
+chi-square test of the Gumbel-max sampler).
+
+On a machine without a GPU the kernels run in the Triton interpreter (tests/conftest.py), so shapes are
+small and odd: vocabularies that are not multiples of the tiles, E not a multiple of BLOCK_K.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import electra_fast as ef
+from electra_fast import reference
+from electra_fast.backend import use_triton
+from electra_fast.fused import generator_head as fused
+
+
+def make_inputs(M, V, E, *, dtype=torch.float32, bias=True, device="cpu", seed=0, zero_rows=()):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(M, E, generator=generator).to(device, dtype)
+    weight = (torch.randn(V, E, generator=generator) * E**-0.5 * 2).to(device, dtype)
+    bias_tensor = (torch.randn(V, generator=generator) * 0.5).to(device, dtype) if bias else None
+    targets = torch.randint(0, V, (M,), generator=generator).to(device)
+    weights = torch.ones(M)
+    weights[list(zero_rows)] = 0
+    return hidden, weight, bias_tensor, targets, weights.to(device)
+
+
+def leaf(t):
+    return None if t is None else t.detach().clone().requires_grad_()
+
+
+def kernel_loss_and_grads(hidden, weight, bias, targets, weights, **options):
+    """Loss, samples and (dh, dW, db) of the public op on the kernel path."""
+    assert use_triton(hidden.device)
+    h, w, b = leaf(hidden), leaf(weight), leaf(bias)
+    loss, samples = ef.generator_loss_and_sample(h, w, b, targets, weights, **options)
+    loss.backward()
+    return loss.detach(), samples, (h.grad, w.grad, None if b is None else b.grad)
+
+
+def torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype):
+    """Plain PyTorch (F.linear + F.cross_entropy, weighted mean) in ``dtype``: the fp64 ground truth, or the
+    low-precision implementation whose error bounds the kernel's (DESIGN §5)."""
+    h, w = leaf(hidden.to(dtype)), leaf(weight.to(dtype))
+    b = None if bias is None else leaf(bias.to(dtype))
+    nll = F.cross_entropy(F.linear(h, w, b), targets, reduction="none")
+    row_weights = weights.to(dtype)
+    loss = (nll * row_weights).sum() / row_weights.sum().clamp_min(1)
+    loss.backward()
+    return loss.detach(), (h.grad, w.grad, None if b is None else b.grad)
+
+
+def max_error(value, truth):
+    return (value.double() - truth.double()).abs().max().item()
+
+
+def assert_close_to_fp64(loss, grads, truth_loss, truth_grads, rel=1e-5):
+    scale = abs(truth_loss.item()) + 1e-30
+    assert max_error(loss, truth_loss) <= rel * scale, (loss, truth_loss)
+    for name, grad, truth in zip(("dh", "dW", "db"), grads, truth_grads):
+        if truth is None:
+            assert grad is None
+            continue
+        assert max_error(grad, truth) <= rel * truth.abs().max().item(), name
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fp32_kernel_matches_fp64_and_reference_samples(device, with_bias):
+    inputs = make_inputs(37, 203, 64, bias=with_bias, device=device, seed=1)
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=11)
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+    reference_loss, reference_samples = reference.generator_loss_and_sample(*inputs, seed=11)
+    assert torch.allclose(loss, reference_loss, rtol=1e-5, atol=0)
+    assert (samples == reference_samples).float().mean().item() >= 0.999
+
+
+@pytest.mark.parametrize("M, V, E", [(1, 67, 64), (5, 67, 80), (9, 41, 300), (70, 131, 128)])
+def test_odd_shapes_and_several_tiles(device, M, V, E):
+    """One row, E not a multiple of BLOCK_K, E above one backward E-tile, several row tiles, V < one tile."""
+    inputs = make_inputs(M, V, E, device=device, seed=M)
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=3)
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+    assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=3)[1])
+
+
+def test_samples_identical_to_reference_on_many_rows(device):
+    hidden, weight, bias, targets, weights = make_inputs(401, 203, 64, device=device, seed=2)
+    with torch.no_grad():
+        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=2**40 + 5)
+    _, expected = reference.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=2**40 + 5)
+    assert (samples == expected).float().mean().item() >= 0.999
+    assert samples.dtype == torch.int64 and int(samples.min()) >= 0 and int(samples.max()) < 203
+
+
+@pytest.mark.parametrize("temperature", [0.5, 3.0])
+def test_temperature(device, temperature):
+    inputs = make_inputs(37, 203, 64, device=device, seed=4)
+    with torch.no_grad():
+        loss, samples = ef.generator_loss_and_sample(*inputs, temperature=temperature, seed=7)
+    reference_loss, expected = reference.generator_loss_and_sample(*inputs, temperature=temperature, seed=7)
+    assert torch.equal(samples, expected)
+    assert torch.allclose(loss, reference_loss, rtol=1e-5, atol=0)  # the loss does not depend on T
+    assert not torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=7)[1])
+
+
+def test_disallow_correct_never_returns_the_target(device):
+    hidden, weight, bias, _, weights = make_inputs(37, 203, 64, device=device, seed=5)
+    targets = torch.full((37,), 150, device=device)
+    bias[150] = 30.0  # without the option every row samples its target
+    with torch.no_grad():
+        _, free = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=9)
+        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, disallow_correct=True, seed=9)
+    assert torch.equal(free, targets)
+    assert not (samples == targets).any()
+    _, expected = reference.generator_loss_and_sample(
+        hidden, weight, bias, targets, weights, disallow_correct=True, seed=9
+    )
+    assert torch.equal(samples, expected)
+
+
+def test_zero_weight_rows_contribute_nothing(device):
+    padding = (0, 3, 4, 20, 36)
+    inputs = make_inputs(37, 203, 64, device=device, seed=6, zero_rows=padding)
+    hidden = inputs[0]
+    hidden[list(padding)] = 1e4  # extreme padding rows must not leak into the loss or dW / db
+    loss, _, (dh, dW, db) = kernel_loss_and_grads(*inputs)
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, (dh, dW, db), truth_loss, truth_grads)
+    assert torch.count_nonzero(dh[list(padding)]) == 0
+
+
+def test_all_zero_weights_give_zero_loss_and_gradients(device):
+    inputs = make_inputs(37, 203, 64, device=device, seed=7, zero_rows=range(37))
+    loss, _, grads = kernel_loss_and_grads(*inputs)
+    assert loss.item() == 0.0
+    for grad in grads:
+        assert torch.isfinite(grad).all() and torch.count_nonzero(grad) == 0
+
+
+def test_strided_weight_view_and_hidden(device):
+    """W as a view of a wider embedding table, hidden with a column stride: same results, grads reach the table."""
+    M, V, E = 21, 203, 64
+    hidden, weight, bias, targets, weights = make_inputs(M, V, E, device=device, seed=8)
+    table = torch.zeros(V + 9, E + 16, device=device)
+    table[5 : 5 + V, :E] = weight
+    wide_hidden = torch.zeros(M, 2 * E, device=device)
+    wide_hidden[:, ::2] = hidden
+    table.requires_grad_()
+    wide_hidden.requires_grad_()
+    weight_view, hidden_view = table[5 : 5 + V, :E], wide_hidden[:, ::2]
+    loss, samples = ef.generator_loss_and_sample(hidden_view, weight_view, bias, targets, weights, seed=1)
+    loss.backward()
+    expected_loss, expected_samples, (dh, dW, _) = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=1)
+    assert torch.equal(loss.detach(), expected_loss) and torch.equal(samples, expected_samples)
+    assert torch.equal(wide_hidden.grad[:, ::2], dh) and torch.count_nonzero(wide_hidden.grad[:, 1::2]) == 0
+    assert torch.equal(table.grad[5 : 5 + V, :E], dW)
+    assert torch.count_nonzero(table.grad) == torch.count_nonzero(dW)
+
+
+def test_gradients_are_bitwise_deterministic(device):
+    inputs = make_inputs(70, 131, 64, device=device, seed=9, zero_rows=(2,))
+    first = kernel_loss_and_grads(*inputs)
+    second = kernel_loss_and_grads(*inputs)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[2], second[2]):
+        assert torch.equal(a, b)
+
+
+def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes):
+    """DESIGN §5: max error against fp64 <= 2x the error of PyTorch in the same dtype, plus a small slack."""
+    for dtype in [d for d in float_dtypes if d != torch.float32]:
+        inputs32 = make_inputs(37, 203, 64, device=device, seed=10, zero_rows=(1,))
+        hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
+        targets, weights = inputs32[3:]
+        loss, _, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights)
+        truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.float64)
+        torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=dtype)
+        assert grads[0].dtype == dtype and grads[1].dtype == dtype and grads[2].dtype == dtype
+        for name, value, low_precision, truth in zip(
+            ("loss", "dh", "dW", "db"), (loss, *grads), (torch_loss, *torch_grads), (truth_loss, *truth_grads)
+        ):
+            slack = 1e-5 * truth.abs().max().item()
+            assert max_error(value, truth) <= 2 * max_error(low_precision, truth) + slack, (dtype, name)
+
+
+@pytest.mark.gpu
+def test_bf16_and_large_vocabulary_on_gpu(device):
+    """Real sizes where the interpreter is too slow: V = 30522 (not a tile multiple), E = 768, bf16."""
+    inputs32 = make_inputs(19 * 16, 30522, 768, device=device, seed=12, zero_rows=(0, 5))
+    for dtype in (torch.float32, torch.bfloat16):
+        hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
+        targets, weights = inputs32[3:]
+        loss, samples, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=3)
+        truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.float64)
+        if dtype == torch.float32:
+            assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+            expected = reference.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=3)[1]
+            assert (samples == expected).float().mean().item() >= 0.999
+        else:
+            torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=dtype)
+            results = zip((loss, *grads), (torch_loss, *torch_grads), (truth_loss, *truth_grads))
+            for value, low_precision, truth in results:
+                assert max_error(value, truth) <= 2 * max_error(low_precision, truth) + 1e-5 * truth.abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda a: a.update(weight=a["weight"][:, :-1]), ValueError, "weight"),
+        (lambda a: a.update(weight=a["weight"][:0]), ValueError, "weight"),
+        (lambda a: a.update(bias=a["bias"][:-1]), ValueError, "bias"),
+        (lambda a: a.update(targets=a["targets"][:-1]), ValueError, "targets"),
+        (lambda a: a.update(targets=a["targets"].float()), TypeError, "targets"),
+        (lambda a: a.update(weights=a["weights"][:, None]), ValueError, "weights"),
+        (lambda a: a.update(hidden=a["hidden"].long()), TypeError, "hidden"),
+        (lambda a: a.update(temperature=0.0), ValueError, "temperature"),
+        (lambda a: a.update(seed=-1), ValueError, "seed"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_argument(device, change, error, match):
+    hidden, weight, bias, targets, weights = make_inputs(5, 11, 8, device=device)
+    arguments = dict(hidden=hidden, weight=weight, bias=bias, targets=targets, weights=weights)
+    change(arguments)
+    with pytest.raises(error, match=match):
+        ef.generator_loss_and_sample(**arguments)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+def test_torch_compile_fullgraph_forward_and_backward(device):
+    inputs = make_inputs(37, 203, 64, device=device, seed=13, zero_rows=(4,))
+
+    def step(hidden, weight, bias, targets, weights):
+        loss, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=5)
+        return loss * 2.0, samples
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    h, w, b = leaf(inputs[0]), leaf(inputs[1]), leaf(inputs[2])
+    loss, samples = compiled(h, w, b, *inputs[3:])
+    loss.backward()
+    expected_loss, expected_samples, expected_grads = kernel_loss_and_grads(*inputs, seed=5)
+    assert torch.equal(samples, expected_samples)
+    assert torch.equal(loss.detach(), 2 * expected_loss)
+    for grad, expected in zip((h.grad, w.grad, b.grad), expected_grads):
+        assert torch.equal(grad, 2 * expected)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def test_reference_loss_is_cross_entropy_of_explicit_logits():
+    hidden, weight, bias, targets, weights = make_inputs(29, 53, 16, seed=14, zero_rows=(0, 7))
+    logits = hidden @ weight.t() + bias
+    per_row = F.cross_entropy(logits, targets, reduction="none")
+    expected = (per_row * weights).sum() / weights.sum()
+    loss, _ = reference.generator_loss_and_sample(hidden, weight, bias, targets, weights)
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=0)
+    loss_unweighted, _ = reference.generator_loss_and_sample(hidden, weight, None, targets)
+    assert torch.allclose(loss_unweighted, F.cross_entropy(hidden @ weight.t(), targets), rtol=1e-6, atol=0)
+
+
+def test_reference_loss_equals_transformers_electra_mlm_loss():
+    """ElectraForMaskedLM(labels only at the slots) computes the same loss from its generator head output."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ElectraConfig(
+        vocab_size=61, embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=32,
+    )
+    model = transformers.ElectraForMaskedLM(config).eval()
+    input_ids = torch.randint(0, 61, (3, 11))
+    positions = torch.tensor([[1, 4, 9], [0, 2, 3], [5, 6, 10]])
+    targets = torch.randint(0, 61, (3, 3))
+    labels = torch.full_like(input_ids, -100).scatter(1, positions, targets)
+    captured = {}
+    hook = model.generator_predictions.register_forward_hook(lambda module, args, output: captured.update(out=output))
+    with torch.no_grad():
+        hf_loss = model(input_ids=input_ids, labels=labels).loss
+    hook.remove()
+    hidden = captured["out"].gather(1, positions[..., None].expand(-1, -1, 16)).reshape(-1, 16)
+    head = model.generator_lm_head
+    assert head.weight.data_ptr() == model.electra.embeddings.word_embeddings.weight.data_ptr()  # tied
+    loss, _ = reference.generator_loss_and_sample(hidden, head.weight, head.bias, targets.reshape(-1))
+    assert torch.allclose(loss, hf_loss, rtol=1e-5, atol=0)
+    if use_triton(hidden.device):  # the kernel path too, when the interpreter is on
+        kernel_loss, _ = ef.generator_loss_and_sample(hidden, head.weight, head.bias, targets.reshape(-1))
+        assert torch.allclose(kernel_loss, hf_loss, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_reference_sample_frequencies_follow_softmax(temperature):
+    """Gumbel-max over many rows with identical logits (distinct row indices, so distinct noise) is a
+    sample from softmax(logits / T): chi-square goodness of fit."""
+    stats = pytest.importorskip("scipy.stats")
+    rows, vocab = 40000, 7
+    row_logits = torch.tensor([1.5, -0.5, 0.0, 2.0, 0.7, -2.0, 1.0])
+    hidden = torch.ones(rows, 1)
+    weight = row_logits[:, None]
+    targets = torch.zeros(rows, dtype=torch.int64)
+    _, samples = reference.generator_loss_and_sample(hidden, weight, None, targets, temperature=temperature, seed=123)
+    counts = torch.bincount(samples, minlength=vocab).double()
+    expected = torch.softmax(row_logits.double() / temperature, 0) * rows
+    assert stats.chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+    # The test has power: the untempered distribution is rejected when T != 1.
+    if temperature != 1.0:
+        untempered = torch.softmax(row_logits.double(), 0) * rows
+        assert stats.chisquare(counts.numpy(), untempered.numpy()).pvalue < 1e-6
+
+
+def test_custom_op_registration_passes_opcheck(device):
+    """Schema, fake (meta) outputs, autograd registration and AOT dispatch of the custom op agree with it."""
+    hidden, weight, bias, targets, weights = make_inputs(5, 11, 8, device=device, zero_rows=(2,))
+    arguments = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets, weights, 1.0, False, 3)
+    torch.library.opcheck(fused.generator_head_forward, arguments)
