@@ -348,6 +348,9 @@ def pretrain(
         batches.load_state_dict(state["data"])
         restore_rng_states(state["rng"])
         step = state["step"]
+        if state["config"]["steps"] != config.steps:
+            log(f"--steps changed from {state['config']['steps']} to {config.steps}: the learning-rate schedule "
+                "now decays to 0 at the new last step, so the run is no longer the one it would have been")
         keep_metrics_up_to(metrics_path, step)
         log(f"resumed from {path} at step {step}")
 
