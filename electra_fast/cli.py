@@ -41,10 +41,103 @@ def info(args) -> int:
     return 0
 
 
+def add_pretrain_command(commands) -> None:
+    from .presets import PRESETS
+    from .pretrainer import EMBEDDING_SHARING
+    from .training import PRECISIONS, PretrainConfig
+
+    defaults = PretrainConfig()
+    parser = commands.add_parser(
+        "pretrain",
+        help="pre-train an ELECTRA model (default: the tiny preset on the embedded corpus)",
+        description="Pre-train ELECTRA (generator + discriminator) and save Hugging Face checkpoints. With no "
+        "--data it trains on an embedded English corpus (Python's reference manual and standard-library "
+        "docstrings) and a WordPiece tokenizer trained on it, so it needs no download.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.set_defaults(handler=pretrain)
+    data = parser.add_argument_group("data and tokenizer")
+    data.add_argument("--data", help="text file, JSONL file, directory of them, or a datasets.save_to_disk "
+                      "directory (default: the embedded corpus)")
+    data.add_argument("--text-field", default=defaults.text_field, help="text field of JSONL records / dataset rows")
+    data.add_argument("--tokenizer", help="local Hugging Face tokenizer directory or tokenizer.json (default: "
+                      "train an uncased WordPiece tokenizer on the corpus, cached in OUTPUT_DIR/tokenizer)")
+    data.add_argument("--vocab-size", type=int, help="vocabulary of the trained tokenizer (default 4000 for tiny, "
+                      "else 30522)")
+    data.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per sequence")
+    data.add_argument("--shuffle-buffer", type=int, default=defaults.shuffle_buffer,
+                      help="packed sequences held for shuffling a streamed corpus")
+    model = parser.add_argument_group("model (preset and size overrides)")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset)
+    for name in ("hidden-size", "embedding-size", "num-layers", "num-heads", "generator-hidden-size"):
+        model.add_argument(f"--{name}", type=int, help="override the preset's value")
+    objective = parser.add_argument_group("objective (default: the official ELECTRA values)")
+    objective.add_argument("--mask-prob", type=float, help="fraction of tokens to corrupt (0.15; 0.25 for large)")
+    objective.add_argument("--max-predictions", type=int, help="slots per sequence (int((mask_prob + 0.005) * length))")
+    objective.add_argument("--mask-token-prob", type=float, help="chosen tokens replaced by [MASK] (0.85)")
+    objective.add_argument("--random-token-prob", type=float, help="chosen tokens replaced by a random id (0)")
+    objective.add_argument("--mode", choices=("exact", "bernoulli"), help="how positions are chosen (exact)")
+    objective.add_argument("--temperature", type=float, help="generator sampling temperature (1.0)")
+    objective.add_argument("--disallow-correct", action="store_true", default=None,
+                           help="never sample the original token")
+    objective.add_argument("--gen-weight", type=float, help="weight of the MLM loss (1)")
+    objective.add_argument("--disc-weight", type=float, help="weight of the RTD loss (50)")
+    objective.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING, help="(tied)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
+    training.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per micro-batch")
+    training.add_argument("--grad-accum", type=int, default=defaults.grad_accum,
+                          help="micro-batches per optimiser step")
+    training.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    training.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 10%% of --steps)")
+    training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    training.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping")
+    training.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:N]")
+    training.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                          help="auto = bf16 autocast on a GPU that has it, else fp32")
+    training.add_argument("--backend", choices=("auto", "triton", "reference"), default="auto",
+                          help="run the ops as Triton kernels or the PyTorch reference (auto: kernels where they run)")
+    training.add_argument("--seed", type=int, default=defaults.seed)
+    run = parser.add_argument_group("output and checkpoints")
+    run.add_argument("--output-dir", default=defaults.output_dir)
+    run.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps")
+    run.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, help="keep the last K")
+    run.add_argument("--log-every", type=int, default=defaults.log_every,
+                     help="write metrics every N steps (one device synchronisation each time)")
+    run.add_argument("--resume", nargs="?", const="latest",
+                     help="continue from the latest checkpoint in --output-dir, or from the given file")
+    run.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
+
+
+def pretrain(args) -> int:
+    import dataclasses
+
+    from .backend import use_backend
+    from .errors import UserInputError
+    from .training import PretrainConfig
+    from .training import pretrain as run_pretraining
+
+    config = PretrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)})
+    try:
+        with use_backend(args.backend):
+            result = run_pretraining(config)
+    except UserInputError as error:
+        print(f"electra-fast pretrain: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before training started (the training loop saves a checkpoint on Ctrl-C itself)
+        print("electra-fast pretrain: interrupted", file=sys.stderr)
+        return 130
+    if result.interrupted:
+        return 130
+    print(result.summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-fast", description="Fast ELECTRA pre-training with Triton kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
+    add_pretrain_command(commands)
     from . import bench, parity
 
     parity.add_parser(commands)

@@ -1,0 +1,117 @@
+"""The tokenizer of ``electra-fast pretrain``: a local Hugging Face tokenizer, or one trained on the corpus.
+
+Without ``--tokenizer`` an uncased WordPiece tokenizer (ELECTRA's and BERT's kind) is trained on the corpus
+with the ``tokenizers`` library and saved under ``<output-dir>/tokenizer``; a later run with the same corpus
+and vocabulary size reuses it, so the default command is self-contained and trains the tokenizer once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .errors import UserInputError
+
+# Role on the HF tokenizer -> token of the tokenizer we train. ELECTRA needs all four.
+REQUIRED_ROLES = {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+TRAINED_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+FINGERPRINT_FILE = "electra_fast_tokenizer.json"
+
+
+def check_special_tokens(tokenizer, source: str) -> None:
+    """ELECTRA packs with [CLS]/[SEP], pads with [PAD] and masks with [MASK]: all four must exist."""
+    missing = [
+        f"{role} ({token})" for role, token in REQUIRED_ROLES.items() if getattr(tokenizer, f"{role}_id", None) is None
+    ]
+    if missing:
+        raise UserInputError(
+            f"the tokenizer from {source} has no {', '.join(missing)}; ELECTRA pre-training needs "
+            "[PAD], [CLS], [SEP] and [MASK] (e.g. an uncased BERT/ELECTRA WordPiece tokenizer)"
+        )
+
+
+def load_tokenizer(path: str):
+    """A tokenizer saved with ``save_pretrained`` (or a tokenizer.json) in a local directory."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise UserInputError(f"--tokenizer {path}: no such file or directory")
+    try:
+        if location.is_file():
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(location))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UserInputError(f"--tokenizer {path}: cannot load a Hugging Face tokenizer from it ({error})") from None
+    check_special_tokens(tokenizer, path)
+    return tokenizer
+
+
+def train_wordpiece(lines: Iterable[str], vocab_size: int):
+    """Train an uncased WordPiece tokenizer (BERT normalisation and pre-tokenisation) on ``lines``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=TRAINED_SPECIAL_TOKENS, show_progress=False
+    )
+    backend.train_from_iterator(lines, trainer=trainer)
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        do_lower_case=True,
+    )
+
+
+def trained_tokenizer(lines: Iterable[str], vocab_size: int, cache_dir: Path, fingerprint: str, log=print):
+    """The WordPiece tokenizer cached in ``cache_dir`` for this corpus and size; trained and saved if absent."""
+    if vocab_size < len(TRAINED_SPECIAL_TOKENS) + 1:
+        raise UserInputError(f"--vocab-size must be more than {len(TRAINED_SPECIAL_TOKENS)}, got {vocab_size}")
+    from transformers import PreTrainedTokenizerFast
+
+    wanted = {"corpus": fingerprint, "vocab_size": vocab_size}
+    stamp = cache_dir / FINGERPRINT_FILE
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return PreTrainedTokenizerFast.from_pretrained(str(cache_dir))
+    log(f"training a WordPiece tokenizer (vocabulary {vocab_size}) on the corpus; cached in {cache_dir}")
+    tokenizer = train_wordpiece(lines, vocab_size)
+    tokenizer.save_pretrained(str(cache_dir))
+    stamp.write_text(json.dumps(wanted))
+    return tokenizer
+
+
+def line_encoder(tokenizer):
+    """A function from a list of lines to their token ids without special tokens (batched, fast)."""
+
+    def encode_lines(lines: list) -> list:
+        return tokenizer(lines, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+    return encode_lines
+
+
+def special_token_ids(tokenizer) -> tuple:
+    """Ids never masked: every special token of the tokenizer ([CLS], [SEP], [PAD], [MASK], [UNK], ...)."""
+    return tuple(sorted(set(tokenizer.all_special_ids)))
+
+
+def prepare_tokenizer(path: Optional[str], corpus, vocab_size: int, cache_dir: Path, log=print):
+    """``--tokenizer PATH`` if given, else the WordPiece tokenizer trained on ``corpus`` (cached)."""
+    if path is not None:
+        return load_tokenizer(path)
+    from .data import corpus_text
+
+    tokenizer = trained_tokenizer(corpus_text(corpus), vocab_size, cache_dir, corpus.fingerprint(), log=log)
+    check_special_tokens(tokenizer, str(cache_dir))
+    return tokenizer

@@ -1,0 +1,149 @@
+"""`electra-fast pretrain` end to end: the default command, HF checkpoints, exact resume, Ctrl-C, errors."""
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra_fast import cli, use_backend
+from electra_fast.training import PretrainConfig, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough for a 2-core CPU: the reference ops (the kernels have their own tests), 32-token sequences.
+SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--backend", "reference"]
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """The default command (tiny preset, embedded corpus, trained tokenizer) at a small size, run once."""
+    output_dir = tmp_path_factory.mktemp("default-run")
+    code = cli.main(["pretrain", "--steps", "4", "--vocab-size", "500", "--output-dir", str(output_dir), *SMALL])
+    assert code == 0
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(default_run):
+    return default_run / "tokenizer"
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_default_command_writes_everything(default_run, capsys):
+    for name in ("metrics.jsonl", "loss.png", "summary.txt", "discriminator/config.json",
+                 "generator/config.json", "discriminator/tokenizer.json", "tokenizer/tokenizer.json"):
+        assert (default_run / name).is_file(), name
+    metrics = read_metrics(default_run)
+    assert [row["step"] for row in metrics] == [1, 2, 3, 4]
+    for row in metrics:
+        assert all(torch.isfinite(torch.tensor(row[key])) for key in ("loss", "mlm_loss", "rtd_loss", "grad_norm"))
+        assert row["loss"] == pytest.approx(row["mlm_loss"] + 50 * row["rtd_loss"], rel=1e-5)
+        assert 0 <= row["generator_accuracy"] <= 1 and 0 <= row["discriminator_accuracy"] <= 1
+        assert row["tokens"] > 0
+    assert [p.name for p in sorted((default_run / "checkpoints").glob("*.pt"))] == ["step-0000004.pt"]
+    summary = (default_run / "summary.txt").read_text()
+    assert "ELECTRA-tiny" in summary and "4 steps" in summary
+    assert (default_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoints_load_in_transformers(default_run):
+    from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining, ElectraForSequenceClassification
+
+    classifier = ElectraForSequenceClassification.from_pretrained(str(default_run / "discriminator"), num_labels=3)
+    tokenizer = AutoTokenizer.from_pretrained(str(default_run / "discriminator"))
+    batch = tokenizer(["The assert statement is a debugging aid.", "Lists are mutable."], padding=True,
+                      return_tensors="pt")
+    logits = classifier(**batch).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    assert tokenizer.mask_token == "[MASK]" and tokenizer.decode(batch["input_ids"][1][:1]) == "[CLS]"
+    # Tied embeddings: both saved models carry the same trained word embeddings.
+    discriminator = ElectraForPreTraining.from_pretrained(str(default_run / "discriminator"))
+    generator = ElectraForMaskedLM.from_pretrained(str(default_run / "generator"))
+    assert torch.equal(discriminator.electra.embeddings.word_embeddings.weight,
+                       generator.electra.embeddings.word_embeddings.weight)
+    state = torch.load(default_run / "checkpoints" / "step-0000004.pt", weights_only=False)
+    assert torch.equal(state["model"]["discriminator.discriminator_predictions.dense.weight"],
+                       discriminator.discriminator_predictions.dense.weight)
+
+
+def small_config(output_dir, tokenizer_dir, **changes):
+    config = PretrainConfig(output_dir=str(output_dir), tokenizer=str(tokenizer_dir), max_length=32, batch_size=3,
+                            grad_accum=2, steps=6, save_every=2, keep_checkpoints=2, warmup_steps=2,
+                            shuffle_buffer=64)
+    return dataclasses.replace(config, **changes)
+
+
+def test_interrupted_and_resumed_run_logs_the_same_losses(tmp_path, tokenizer_dir):
+    def ctrl_c_at_step_3(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT: the handler stops after the step and saves
+
+    with use_backend("reference"):
+        uninterrupted = pretrain(small_config(tmp_path / "straight", tokenizer_dir), log=lambda message: None)
+        first_part = pretrain(small_config(tmp_path / "resumed", tokenizer_dir), after_step=ctrl_c_at_step_3)
+        assert first_part.interrupted and first_part.steps_done == 3
+        assert (tmp_path / "resumed" / "checkpoints" / "step-0000003.pt").is_file()
+        assert not (tmp_path / "resumed" / "discriminator").exists()
+        second_part = pretrain(small_config(tmp_path / "resumed", tokenizer_dir, resume="latest"))
+    assert not uninterrupted.interrupted and not second_part.interrupted
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [row["step"] for row in resumed] == list(range(1, 7))
+    for key in ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "grad_norm", "lr",
+                "tokens"):
+        assert [row[key] for row in resumed] == [row[key] for row in straight], key
+    assert len({row["loss"] for row in straight}) == 6  # the steps differ: the comparison means something
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "step-0000004.pt", "step-0000006.pt"]
+    from safetensors.torch import load_file
+
+    weights = [load_file(tmp_path / run / "discriminator" / "model.safetensors") for run in ("straight", "resumed")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_python_dash_m_smoke_run(tmp_path, tokenizer_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ELECTRA trains a discriminator.\nIt detects replaced tokens.\n\nA second document.\n" * 20)
+    result = subprocess.run(
+        [sys.executable, "-m", "electra_fast", "pretrain", "--data", str(corpus), "--tokenizer", str(tokenizer_dir),
+         "--steps", "2", "--output-dir", str(tmp_path / "run"), *SMALL],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Pre-trained ELECTRA-tiny" in result.stdout
+    assert (tmp_path / "run" / "discriminator" / "model.safetensors").is_file()
+
+
+def run_cli(capsys, *arguments):
+    code = cli.main(["pretrain", *SMALL, *arguments])
+    return code, capsys.readouterr().err
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, tokenizer_dir, default_run, capsys):
+    tokenizer = ["--tokenizer", str(tokenizer_dir)]
+    cases = [
+        (["--data", str(tmp_path / "nowhere.txt")], "--data .*nowhere.txt: no such file or directory"),
+        (["--tokenizer", str(tmp_path / "no-tokenizer")], "--tokenizer .*: no such file or directory"),
+        ([*tokenizer, "--max-length", "300"], "--max-length 300 is above the 256 position embeddings"),
+        ([*tokenizer, "--output-dir", str(tmp_path / "a-file" / "run")], "--output-dir .* cannot be written"),
+        ([*tokenizer, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a CUDA device"),
+        ([*tokenizer, "--steps", "0"], "--steps must be at least 1"),
+        ([*tokenizer, "--output-dir", str(default_run)], "already holds a run; pass --resume"),
+        ([*tokenizer, "--resume", "--output-dir", str(tmp_path / "fresh")], "no checkpoint in"),
+        (["--resume", "--output-dir", str(default_run), "--batch-size", "2", "--vocab-size", "500"],
+         r"settings differ from the checkpoint's: --batch-size 4 -> 2"),
+    ]
+    (tmp_path / "a-file").write_text("not a directory")
+    for arguments, message in cases:
+        code, err = run_cli(capsys, "--output-dir", str(tmp_path / "out"), *arguments)
+        assert code == 2, arguments
+        assert err.startswith("electra-fast pretrain: error: ") and len(err.strip().splitlines()) == 1, err
+        assert re.search(message, err), (message, err)
