@@ -115,3 +115,11 @@ def test_seed_validation():
     with pytest.raises(TypeError, match="seed"):
         rng.check_seed(1.5)
     assert rng.check_seed(torch.tensor(5)) == 5
+
+
+def test_large_draws_are_chunked_without_changing_bits():
+    index = torch.arange(3 * (1 << 16) + 123, dtype=torch.int64).view(3, -1) * 3 + 1
+    whole = rng.draw(9, rng.Stream.GUMBEL, index)
+    pieces = torch.cat([rng.draw(9, rng.Stream.GUMBEL, part) for part in index.reshape(-1).split(1000)])
+    assert whole.shape == index.shape
+    assert torch.equal(whole.reshape(-1), pieces)
