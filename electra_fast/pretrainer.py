@@ -156,20 +156,26 @@ class ElectraPretrainer(nn.Module):
     def vocab_size(self) -> int:
         return self.generator.config.vocab_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, seed) -> ElectraPretrainingOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, seed,
+                token_type_ids: Optional[torch.Tensor] = None) -> ElectraPretrainingOutput:
+        """One step of the objective; ``token_type_ids`` (segment A = 0, B = 1) go to both encoders."""
         seed = check_seed(seed)
+        if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
         if self.fused:
-            return self._forward(input_ids, attention_mask, seed)
+            return self._forward(input_ids, attention_mask, token_type_ids, seed)
         with use_backend("reference"):
-            return self._forward(input_ids, attention_mask, seed)
+            return self._forward(input_ids, attention_mask, token_type_ids, seed)
 
-    def _encoder_kwargs(self, seed: int, encoder_index: int) -> dict:
-        """The attention-dropout seed of one encoder (generator 0, discriminator 1) for this step."""
-        if not self.fast_attention:
-            return {}
-        return {hf_attention.SEED_KWARG: hf_attention.encoder_seed(seed, encoder_index)}
+    def _encoder_kwargs(self, attention_mask, token_type_ids, seed: int, encoder_index: int) -> dict:
+        """Encoder inputs besides the ids; with fast attention, the encoder's dropout seed for this step
+        (generator 0, discriminator 1: their layers share layer_idx)."""
+        kwargs = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if self.fast_attention:
+            kwargs[hf_attention.SEED_KWARG] = hf_attention.encoder_seed(seed, encoder_index)
+        return kwargs
 
-    def _forward(self, input_ids, attention_mask, seed) -> ElectraPretrainingOutput:
+    def _forward(self, input_ids, attention_mask, token_type_ids, seed) -> ElectraPretrainingOutput:
         obj = self.objective
         batch, seq_len = input_ids.shape
         masked = ops.mask_tokens(
@@ -180,7 +186,7 @@ class ElectraPretrainer(nn.Module):
 
         # Generator: encoder on the masked ids, head only at the P slots.
         gen_hidden = self.generator.electra(
-            masked.input_ids, attention_mask=attention_mask, **self._encoder_kwargs(seed, 0)
+            masked.input_ids, **self._encoder_kwargs(attention_mask, token_type_ids, seed, 0)
         ).last_hidden_state
         slots = masked.positions.shape[1]
         slot_hidden = gen_hidden.gather(1, masked.positions[..., None].expand(-1, -1, gen_hidden.shape[-1]))
@@ -203,7 +209,7 @@ class ElectraPretrainer(nn.Module):
         corrupted_ids = torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
 
         disc_hidden = self.discriminator.electra(
-            corrupted_ids, attention_mask=attention_mask, **self._encoder_kwargs(seed, 1)
+            corrupted_ids, **self._encoder_kwargs(attention_mask, token_type_ids, seed, 1)
         ).last_hidden_state
         head = self.discriminator.discriminator_predictions
         rtd = ops.rtd_loss(

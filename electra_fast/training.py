@@ -397,9 +397,11 @@ def pretrain(
                 tokens += int(batch["attention_mask"].sum())
                 input_ids = batch["input_ids"].to(device, non_blocking=True)
                 attention_mask = batch["attention_mask"].to(device, non_blocking=True)
+                token_type_ids = batch["token_type_ids"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                     enabled=autocast_dtype is not None):
-                    out = model(input_ids, attention_mask, seed=step_seed(config.seed, step, micro, config.grad_accum))
+                    out = model(input_ids, attention_mask, token_type_ids=token_type_ids,
+                                seed=step_seed(config.seed, step, micro, config.grad_accum))
                 scaler.scale(out.loss / config.grad_accum).backward()
                 step_metrics += torch.stack([getattr(out, name).detach().float() for name in LOGGED])
             scaler.unscale_(optimizer)

@@ -85,12 +85,12 @@ def test_fifty_steps_on_a_fixed_batch_lower_the_loss_clearly():
     assert last < 0.75 * first, (first, last)
 
 
-def hand_written_loss(model, ids, mask, seed):
+def hand_written_loss(model, ids, mask, seed, token_type_ids=None):
     """The ELECTRA objective written directly on the HF modules, materialising the full MLM logits."""
     obj = model.objective
     masked = reference.mask_tokens(ids, mask, mask_token_id=obj.mask_token_id, special_token_ids=obj.special_token_ids,
                                    mask_prob=obj.mask_prob, vocab_size=VOCAB, seed=seed)
-    logits = model.generator(masked.input_ids, attention_mask=mask).logits  # [B, L, V]
+    logits = model.generator(masked.input_ids, attention_mask=mask, token_type_ids=token_type_ids).logits  # [B, L, V]
     rows = torch.arange(ids.shape[0])[:, None]
     slot_logits = logits[rows, masked.positions]  # [B, P, V]
     real = masked.weights > 0
@@ -100,7 +100,7 @@ def hand_written_loss(model, ids, mask, seed):
     corrupted = ids.clone()
     corrupted[rows.expand_as(masked.positions)[real], masked.positions[real]] = samples[real]
     labels = (corrupted != ids).long()
-    rtd = model.discriminator(corrupted, attention_mask=mask, labels=labels).loss
+    rtd = model.discriminator(corrupted, attention_mask=mask, token_type_ids=token_type_ids, labels=labels).loss
     return obj.gen_weight * mlm + obj.disc_weight * rtd, mlm, rtd
 
 
@@ -109,8 +109,10 @@ def test_one_step_equals_a_hand_written_step_on_the_hf_modules():
     twin = tiny(config_kwargs=NO_DROPOUT)
     twin.load_state_dict(model.state_dict())
     ids, mask = make_batch()
-    out = model(ids, mask, seed=11)
-    expected, mlm, rtd = hand_written_loss(twin, ids, mask, seed=11)
+    segments = (torch.arange(ids.shape[1]) >= ids.shape[1] // 3).long().expand_as(ids)  # [CLS] A [SEP] B ...
+    out = model(ids, mask, seed=11, token_type_ids=segments)
+    expected, mlm, rtd = hand_written_loss(twin, ids, mask, seed=11, token_type_ids=segments)
+    assert not torch.allclose(out.rtd_logits, model(ids, mask, seed=11).rtd_logits)  # segments reach the encoders
     torch.testing.assert_close(out.mlm_loss, mlm, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.rtd_loss, rtd, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
