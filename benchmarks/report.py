@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into markdown tables and plots, one table and one plot per op.
 
-    python benchmarks/report.py RESULTS.json --out DIR
+    python benchmarks/report.py RESULTS.json [MORE.json ...] --out DIR
 
 For each (op, shape) the fastest implementation is bold and every row shows its speed-up against the
 ``baseline`` implementations measured in the same run.
@@ -16,11 +16,14 @@ from collections import defaultdict
 from common import PEAK_BANDWIDTH_GBPS
 
 
-def load_rows(path: str) -> list[dict]:
-    with open(path) as handle:
-        data = json.load(handle)
+def load_rows(paths: list[str]) -> list[dict]:
+    """Rows of every benchmark with electra-fast's extra info, from one or more pytest-benchmark JSON files."""
+    benchmarks = []
+    for path in paths:
+        with open(path) as handle:
+            benchmarks += json.load(handle)["benchmarks"]
     rows = []
-    for bench in data["benchmarks"]:
+    for bench in benchmarks:
         info = bench.get("extra_info", {})
         if "op" not in info:
             continue
@@ -57,7 +60,7 @@ def write_tables(rows: list[dict], out_dir: str) -> str:
                 pct = 100 * r["gbps"] / PEAK_BANDWIDTH_GBPS if r.get("gbps") and r.get("device") != "cpu" else None
                 lines.append(
                     f"| {shape} | {impl} | {r['median_s'] * 1e3:.3f} | {slowest / r['median_s']:.2f}x | "
-                    f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['gbps'], '.0f')} | {_fmt(pct, '.0f')} | "
+                    f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['gbps'], '.3g')} | {_fmt(pct, '.0f')} | "
                     f"{_fmt(peak / 2**20 if peak is not None else None, '.1f')} |"
                 )
         lines.append("")
@@ -102,10 +105,10 @@ def write_plots(rows: list[dict], out_dir: str) -> list[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results")
+    parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.results))
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.results[0]))
     os.makedirs(out_dir, exist_ok=True)
     rows = load_rows(args.results)
     print(write_tables(rows, out_dir))
