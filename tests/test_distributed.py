@@ -31,11 +31,20 @@ def read_metrics(output_dir: Path) -> list:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def write_corpus(path: Path) -> Path:
+    """A small text file (faster to load than the embedded corpus) with lines of varied lengths."""
+    words = "electra trains a discriminator that detects which tokens a small generator replaced".split()
+    documents = [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 11)) for i in range(120)]
+    path.write_text("\n".join(line + ("\n" if i % 5 == 4 else "") for i, line in enumerate(documents)) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """A 2-process run of 4 steps; what later tests compare with is read before anything rewrites it."""
     output_dir = tmp_path_factory.mktemp("ddp-run")
-    result = torchrun(*SMALL, "--output-dir", str(output_dir))
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+    result = torchrun(*SMALL, "--data", str(corpus), "--output-dir", str(output_dir))
     assert result.returncode == 0, result.stderr
     from safetensors.torch import load_file
 
@@ -43,7 +52,7 @@ def ddp_run(tmp_path_factory):
         "dir": output_dir, "stdout": result.stdout, "metrics": read_metrics(output_dir),
         "files": sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file()),
         "weights": load_file(output_dir / "discriminator" / "model.safetensors"),
-        "checkpoint": torch.load(output_dir / "checkpoints" / "step-0000004.pt", weights_only=False),
+        "corpus": corpus, "checkpoint": torch.load(output_dir / "checkpoints" / "step-0000004.pt", weights_only=False),
     }
 
 
@@ -61,7 +70,10 @@ def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
     for row in ddp_run["metrics"]:
         assert row["loss"] == pytest.approx(row["mlm_loss"] + 50 * row["rtd_loss"], rel=1e-5)
     model = ElectraForSequenceClassification.from_pretrained(ddp_run["dir"] / "discriminator", num_labels=2)
-    assert model.electra.embeddings.word_embeddings.weight.shape[0] == 300
+    tokenizer = load_tokenizer(str(ddp_run["dir"] / "discriminator"))
+    assert model.electra.embeddings.word_embeddings.weight.shape[0] == len(tokenizer)
+    logits = model(**tokenizer(["a discriminator detects replaced tokens"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
 
 
 def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
@@ -69,7 +81,7 @@ def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
     # over the ranks: recount it from the data stream itself.
     tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
     batches = PretrainingBatches(
-        open_corpus(None), line_encoder(tokenizer), max_length=32, batch_size=4, cls_id=tokenizer.cls_token_id,
+        open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4, cls_id=tokenizer.cls_token_id,
         sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0, shuffle_buffer=64,
     )
     stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(2 * 4)]
@@ -83,7 +95,7 @@ def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
 
 def test_resume_continues_exactly(ddp_run):
     output_dir = ddp_run["dir"]
-    result = torchrun(*SMALL, "--output-dir", str(output_dir),
+    result = torchrun(*SMALL, "--data", str(ddp_run["corpus"]), "--output-dir", str(output_dir),
                       "--resume", str(output_dir / "checkpoints" / "step-0000002.pt"))
     assert result.returncode == 0, result.stderr
     resumed = read_metrics(output_dir)
