@@ -85,12 +85,14 @@ def _compile_job(job) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--only", default="", help="compile only configurations whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
         return 2
     configs = _load_configs()
-    jobs = [(index, capability) for index in range(len(configs)) for capability in ARCHITECTURES]
+    jobs = [(index, capability) for index, config in enumerate(configs) if args.only in config.name
+            for capability in ARCHITECTURES]
     # Compiles are independent and CPU-bound: one process per core (forked, so each has the registry).
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("fork")) as pool:
         rows = list(pool.map(_compile_job, jobs))

@@ -260,8 +260,7 @@ def attention(
         else:
             raise TypeError(f"key_padding_mask must be bool [B, Lk] or an additive float mask, got {key_padding_mask.dtype}")
     check.probability("dropout_p", dropout_p, high_open=True)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ValueError(f"scale must be a number > 0 or None, got {scale!r}")
+    check.optional_positive_number("scale", scale)
     seed = check_seed(seed)
     if use_triton(q.device):
         from .fused import attention as fused_attention
@@ -300,8 +299,7 @@ def attention_varlen(
         raise ValueError(f"cu_seqlens must have B + 1 >= 2 entries, got {cu_seqlens.numel()}")
     check.positive_int("max_seqlen", max_seqlen)
     check.probability("dropout_p", dropout_p, high_open=True)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ValueError(f"scale must be a number > 0 or None, got {scale!r}")
+    check.optional_positive_number("scale", scale)
     seed = check_seed(seed)
     if use_triton(q.device):
         from .fused import attention as fused_attention

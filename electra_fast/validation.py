@@ -56,6 +56,11 @@ def positive_int(name: str, value, *, minimum: int = 1) -> int:
     return value
 
 
+def optional_positive_number(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+
+
 def ids_in_vocab(name: str, ids: torch.Tensor, vocab_size: int, where: Optional[torch.Tensor] = None) -> None:
     """Ids outside [0, vocab_size) are an error (this synchronises with the device)."""
     checked = ids if where is None else ids[where]

@@ -293,7 +293,7 @@ def _tile_configs(block_d: int, dropout: bool, interpreted: bool = False) -> dic
     # With head dims <= 32, 8 warps leave dq at 128 registers on sm_80 and it spills; 4 warps do not.
     dq_warps = 4 if block_d <= 32 else 8
     return {"forward": (128, 32, 8, 2) if dropout else (128, 64, 8, 3), "dq": (64, 32, dq_warps, 2),
-            "dkdv": (32, 64, 8, 2)}
+            "dkdv": (32, 64, 8, 1) if dropout else (32, 64, 8, 2)}
 
 
 def block_head_dim(head_dim: int) -> int:

@@ -51,7 +51,7 @@ class Tiles:
 # 16-bit inputs run tensor-core dots; the forward's [64, 64] tile keeps the per-element Philox draws within
 # the register file. fp32 inputs use exact IEEE products (DESIGN §5: ~1e-5 relative), which run on CUDA
 # cores with small tiles (larger ones spill).
-HALF_TILES = Tiles(64, 64, 64, 32, (64, 128, 256), "ieee", num_warps=8, num_stages=3)
+HALF_TILES = Tiles(64, 64, 64, 32, (64, 128), "ieee", num_warps=8, num_stages=3)
 FLOAT_TILES = Tiles(32, 32, 32, 32, (64,), "ieee", num_warps=4, num_stages=1)
 
 
