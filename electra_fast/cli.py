@@ -96,7 +96,8 @@ def add_pretrain_command(commands) -> None:
     training.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 10%% of --steps)")
     training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     training.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping")
-    training.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:N] (under torchrun a CUDA run uses cuda:LOCAL_RANK)")
+    training.add_argument("--device", default=defaults.device,
+                          help="auto, cpu or cuda[:N] (under torchrun a CUDA run uses cuda:LOCAL_RANK)")
     training.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                           help="auto = bf16 autocast on a GPU that has it, else fp32")
     training.add_argument("--backend", choices=("auto", "triton", "reference"), default="auto",

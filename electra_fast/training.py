@@ -415,8 +415,8 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         now = time.perf_counter()
         # under torchrun: the metrics averaged over the processes and the tokens of all of them
         values = distributed.mean_across_ranks(torch.stack([metrics for _, metrics, _, _ in pending])).tolist()
-        step_tokens = distributed.sum_across_ranks(torch.tensor([tokens for _, _, tokens, _ in pending], device=device))
-        step_tokens = step_tokens.tolist()
+        step_tokens = torch.tensor([tokens for _, _, tokens, _ in pending], device=device)
+        step_tokens = distributed.sum_across_ranks(step_tokens).tolist()
         tokens_per_second = sum(step_tokens) / max(now - last_flush, 1e-9)
         pending_rows = [(at_step, tokens, step_lr) for (at_step, _, _, step_lr), tokens in zip(pending, step_tokens)]
         pending.clear()

@@ -21,7 +21,9 @@ WORLD = 2
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    launcher = [shutil.which("torchrun")] if shutil.which("torchrun") else [sys.executable, "-m", "torch.distributed.run"]
+    launcher = [shutil.which("torchrun") or sys.executable]
+    if launcher == [sys.executable]:
+        launcher += ["-m", "torch.distributed.run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [*launcher, "--standalone", "--nproc_per_node", str(WORLD), "-m", "electra_fast", "pretrain", *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -81,8 +83,9 @@ def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
     # over the ranks: recount it from the data stream itself.
     tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
     batches = PretrainingBatches(
-        open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4, cls_id=tokenizer.cls_token_id,
-        sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0, shuffle_buffer=64,
+        open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4,
+        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0,
+        shuffle_buffer=64,
     )
     stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(2 * 4)]
     ddp_tokens = [row["tokens"] for row in ddp_run["metrics"]]
@@ -100,7 +103,8 @@ def test_resume_continues_exactly(ddp_run):
     assert result.returncode == 0, result.stderr
     resumed = read_metrics(output_dir)
     assert [row["step"] for row in resumed] == [1, 2, 3, 4]
-    for key in ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "grad_norm", "tokens"):
+    for key in ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "grad_norm",
+                "tokens"):
         assert [row[key] for row in resumed] == [row[key] for row in ddp_run["metrics"]], key
     assert len({row["loss"] for row in resumed}) == 4
     from safetensors.torch import load_file
