@@ -62,13 +62,15 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
     Every parameter gets a gradient in every step (checked for the tied, gdes and unshared embeddings), so
     DDP does not need ``find_unused_parameters``; parameters shared between generator and discriminator are
-    one ``Parameter`` and are reduced once.
+    one ``Parameter`` and are reduced once. The only buffers are constant position/token-type ids, so they
+    are not re-broadcast before every forward.
     """
     if not is_distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
 def gradient_sync(model: torch.nn.Module, sync: bool):

@@ -16,8 +16,8 @@ from electra_fast.tokenizer import line_encoder, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--vocab-size", "300",
-         "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2"]
-WORLD = 2
+         "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2", "--grad-accum", "2"]
+WORLD, ACCUM = 2, 2
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -62,7 +62,7 @@ def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
     from transformers import ElectraForSequenceClassification
 
     assert ddp_run["stdout"].count("Pre-trained ELECTRA-tiny") == 1  # one summary, from rank 0
-    assert "of 8 sequences" in ddp_run["stdout"] and "2 processes" in ddp_run["stdout"]
+    assert "of 16 sequences" in ddp_run["stdout"] and "2 processes" in ddp_run["stdout"]
     files = ddp_run["files"]
     assert [f for f in files if f.endswith(".jsonl")] == ["metrics.jsonl"]
     assert [f for f in files if f.startswith("checkpoints/")] == ["checkpoints/step-0000002.pt",
@@ -79,18 +79,20 @@ def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
 
 
 def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
-    # Rank r takes batch 2k + r of the shared seeded stream at step k, and the logged token count is the sum
-    # over the ranks: recount it from the data stream itself.
+    # Rank r takes batch (2k + m) * 2 + r of the shared seeded stream for micro-batch m of step k, and the
+    # logged token count is the sum over micro-batches and ranks: recount it from the data stream itself.
     tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
     batches = PretrainingBatches(
         open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4,
         cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0,
         shuffle_buffer=64,
     )
-    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(2 * 4)]
+    per_step = WORLD * ACCUM
+    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(per_step * 4)]
     ddp_tokens = [row["tokens"] for row in ddp_run["metrics"]]
-    assert ddp_tokens == [stream_tokens[2 * k] + stream_tokens[2 * k + 1] for k in range(4)]
-    assert ddp_tokens != [2 * stream_tokens[k] for k in range(4)]  # what both ranks on the same batch would log
+    assert ddp_tokens == [sum(stream_tokens[per_step * k: per_step * (k + 1)]) for k in range(4)]
+    # what both ranks on the same batches would log instead:
+    assert ddp_tokens != [WORLD * sum(stream_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
     checkpoint = ddp_run["checkpoint"]
     assert checkpoint["world_size"] == WORLD and len(checkpoint["rng"]) == WORLD
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])  # own dropout streams
