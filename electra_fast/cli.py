@@ -52,7 +52,11 @@ def add_pretrain_command(commands) -> None:
         help="pre-train an ELECTRA model (default: the tiny preset on the embedded corpus)",
         description="Pre-train ELECTRA (generator + discriminator) and save Hugging Face checkpoints. With no "
         "--data it trains on an embedded English corpus (Python's reference manual and standard-library "
-        "docstrings) and a WordPiece tokenizer trained on it, so it needs no download.",
+        "docstrings) and a WordPiece tokenizer trained on it, so it needs no download. For data-parallel "
+        "training over N GPUs (or N CPU processes) launch it as `torchrun --nproc_per_node=N -m electra_fast "
+        "pretrain ...`: each process trains a DistributedDataParallel replica on every N-th batch of the same "
+        "seeded stream (so a step sees N x --batch-size x --grad-accum sequences), metrics are averaged over "
+        "the processes, and rank 0 alone writes metrics, checkpoints and models; --resume needs the same N.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.set_defaults(handler=pretrain)
@@ -92,7 +96,8 @@ def add_pretrain_command(commands) -> None:
     training.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 10%% of --steps)")
     training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     training.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping")
-    training.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:N]")
+    training.add_argument("--device", default=defaults.device,
+                          help="auto, cpu or cuda[:N] (under torchrun a CUDA run uses cuda:LOCAL_RANK)")
     training.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                           help="auto = bf16 autocast on a GPU that has it, else fp32")
     training.add_argument("--backend", choices=("auto", "triton", "reference"), default="auto",
@@ -129,7 +134,8 @@ def pretrain(args) -> int:
         return 130
     if result.interrupted:
         return 130
-    print(result.summary)
+    if result.summary:  # empty on the processes other than rank 0 under torchrun
+        print(result.summary)
     return 0
 
 

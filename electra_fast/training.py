@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import distributed
 from .data import PretrainingBatches, open_corpus
 from .errors import UserInputError
 from .optim import build_optimizer_and_scheduler
@@ -109,9 +110,11 @@ class PretrainResult:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def step_seed(seed: int, step: int, micro: int, grad_accum: int) -> int:
-    """The seed of one micro-batch: a SplitMix64 hash of (seed, its index), kept in [0, 2**31)."""
-    x = (seed * 0x9E3779B97F4A7C15 + step * grad_accum + micro + 1) & 0xFFFFFFFFFFFFFFFF
+def step_seed(seed: int, step: int, micro: int, grad_accum: int, rank: int = 0, world_size: int = 1) -> int:
+    """The seed of one micro-batch: a SplitMix64 hash of (seed, its index), kept in [0, 2**31). Under torchrun
+    the index counts the micro-batches of all processes, so each process masks and samples differently."""
+    index = (step * grad_accum + micro) * world_size + rank
+    x = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (x ^ (x >> 31)) & 0x7FFFFFFF
@@ -175,7 +178,9 @@ def save_checkpoint(output_dir: Path, state: dict, keep: int) -> Path:
 
 def rng_states() -> dict:
     states = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if distributed.is_distributed() and torch.cuda.is_available():
+        states["cuda_current_device"] = torch.cuda.get_rng_state()  # a process under torchrun has one GPU
+    elif torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
@@ -185,6 +190,8 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda_current_device" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda_current_device"])
 
 
 def find_resume_checkpoint(config: PretrainConfig, output_dir: Path) -> Path:
@@ -301,29 +308,50 @@ def pretrain(
     after_step: Optional[Callable[[int], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> PretrainResult:
-    """Run (or resume) one pre-training run; ``after_step(step)`` is called after every optimiser step."""
+    """Run (or resume) one pre-training run; ``after_step(step)`` is called after every optimiser step.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a DistributedDataParallel replica on its own
+    share of the batches; rank 0 alone writes files and messages (see electra_fast/distributed.py)."""
+    try:
+        return train_this_process(config, after_step, log)
+    finally:
+        distributed.teardown()
+
+
+def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResult:
     from tqdm.auto import tqdm
 
     check_config(config)
     output_dir = Path(config.output_dir).expanduser()
-    prepare_output_dir(output_dir)
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
+    distributed.setup(device)
+    main_process = distributed.is_main_process()
+    if main_process:
+        prepare_output_dir(output_dir)
+    else:
+        log = lambda message: None  # noqa: E731 (rank 0 reports for all)
     autocast_dtype = resolve_precision(config.precision, device)
     metrics_path = output_dir / METRICS_FILE
     if config.resume is None and checkpoint_files(output_dir) and not config.overwrite:
         raise UserInputError(
             f"{output_dir} already holds a run; pass --resume to continue it or --overwrite to start over"
         )
-    if config.resume is None:
+    if config.resume is None and main_process:
         for stale in checkpoint_files(output_dir) + [metrics_path]:
             stale.unlink(missing_ok=True)
 
     corpus = open_corpus(config.data, config.text_field)
     vocab_size = config.vocab_size or (4000 if config.preset == "tiny" else 30522)
+    if not main_process:
+        distributed.barrier()  # rank 0 first trains and caches the tokenizer; the others then load it
     tokenizer = prepare_tokenizer(config.tokenizer, corpus, vocab_size, output_dir / "tokenizer", log=log)
+    if main_process:
+        distributed.barrier()
 
     torch.manual_seed(config.seed)
     model = build_pretrainer(config, tokenizer).to(device)
+    training_model = distributed.wrap(model, device)  # DDP copies rank 0's weights to every process
+    distributed.seed_this_rank(config.seed)
     lr = config.lr if config.lr is not None else get_preset(config.preset).learning_rate
     warmup = config.warmup_steps if config.warmup_steps is not None else min(10_000, config.steps // 10)
     optimizer, scheduler = build_optimizer_and_scheduler(
@@ -341,41 +369,62 @@ def pretrain(
         path = find_resume_checkpoint(config, output_dir)
         state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         check_same_run(config, state["config"], path)
+        if state.get("world_size", 1) != distributed.world_size():
+            raise UserInputError(
+                f"cannot resume from {path}: it was trained by {state.get('world_size', 1)} processes, now "
+                f"{distributed.world_size()} (the data split and the RNG states depend on it)"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         batches.load_state_dict(state["data"])
-        restore_rng_states(state["rng"])
+        restore_rng_states(state["rng"][distributed.rank()] if distributed.is_distributed() else state["rng"])
         step = state["step"]
         if state["config"]["steps"] != config.steps:
             log(f"--steps changed from {state['config']['steps']} to {config.steps}: the learning-rate schedule "
                 "now decays to 0 at the new last step, so the run is no longer the one it would have been")
-        keep_metrics_up_to(metrics_path, step)
+        if main_process:
+            keep_metrics_up_to(metrics_path, step)
         log(f"resumed from {path} at step {step}")
 
-    def checkpoint() -> Path:
-        state = {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "data": batches.state_dict(),
-            "rng": rng_states(), "config": dataclasses.asdict(config),
-        }
-        return save_checkpoint(output_dir, state, config.keep_checkpoints)
+    def checkpoint() -> Optional[Path]:
+        """Rank 0 saves (with every process's RNG states under torchrun); the others wait for it."""
+        rng = distributed.gather_objects(rng_states()) if distributed.is_distributed() else rng_states()
+        path = None
+        if main_process:
+            state = {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "data": batches.state_dict(),
+                "rng": rng, "config": dataclasses.asdict(config), "world_size": distributed.world_size(),
+            }
+            path = save_checkpoint(output_dir, state, config.keep_checkpoints)
+        distributed.barrier()
+        return path
 
     model.train()
     pending: list = []  # (step, metrics tensor on device, tokens, lr) not yet written: one sync per flush
     last_flush = time.perf_counter()
-    progress = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
+                    disable=not main_process)
 
     def flush() -> None:
         nonlocal last_flush
         if not pending:
             return
         now = time.perf_counter()
-        values = torch.stack([metrics for _, metrics, _, _ in pending]).tolist()
-        tokens_per_second = sum(tokens for _, _, tokens, _ in pending) / max(now - last_flush, 1e-9)
+        # under torchrun: the metrics averaged over the processes and the tokens of all of them
+        values = distributed.mean_across_ranks(torch.stack([metrics for _, metrics, _, _ in pending])).tolist()
+        step_tokens = torch.tensor([tokens for _, _, tokens, _ in pending], device=device)
+        step_tokens = distributed.sum_across_ranks(step_tokens).tolist()
+        tokens_per_second = sum(step_tokens) / max(now - last_flush, 1e-9)
+        pending_rows = [(at_step, tokens, step_lr) for (at_step, _, _, step_lr), tokens in zip(pending, step_tokens)]
+        pending.clear()
+        last_flush = now
+        if not main_process:
+            return
         with open(metrics_path, "a") as handle:
-            for (at_step, _, tokens, step_lr), row in zip(pending, values):
+            for (at_step, tokens, step_lr), row in zip(pending_rows, values):
                 record = {"step": at_step, **dict(zip(LOGGED + ("grad_norm",), row)), "lr": step_lr,
                           "tokens": tokens, "tokens_per_second": tokens_per_second}
                 handle.write(json.dumps(record) + "\n")
@@ -385,24 +434,24 @@ def pretrain(
             gen_acc=f"{last['generator_accuracy']:.3f}", disc_acc=f"{last['discriminator_accuracy']:.3f}",
             tok_s=f"{tokens_per_second:,.0f}", refresh=False,
         )
-        pending.clear()
-        last_flush = now
 
     with InterruptFlag() as interrupt:
-        while step < config.steps and not interrupt.requested:
+        while step < config.steps and not distributed.any_rank(interrupt.requested, device):
             step_metrics = torch.zeros(len(LOGGED), device=device)
             tokens = 0
             for micro in range(config.grad_accum):
-                batch = next(batches)
+                batch = distributed.next_batch_of_this_rank(batches)
                 tokens += int(batch["attention_mask"].sum())
                 input_ids = batch["input_ids"].to(device, non_blocking=True)
                 attention_mask = batch["attention_mask"].to(device, non_blocking=True)
                 token_type_ids = batch["token_type_ids"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    out = model(input_ids, attention_mask, token_type_ids=token_type_ids,
-                                seed=step_seed(config.seed, step, micro, config.grad_accum))
-                scaler.scale(out.loss / config.grad_accum).backward()
+                seed = step_seed(config.seed, step, micro, config.grad_accum,
+                                 distributed.rank(), distributed.world_size())
+                with distributed.gradient_sync(training_model, micro == config.grad_accum - 1):
+                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        out = training_model(input_ids, attention_mask, token_type_ids=token_type_ids, seed=seed)
+                    scaler.scale(out.loss / config.grad_accum).backward()
                 step_metrics += torch.stack([getattr(out, name).detach().float() for name in LOGGED])
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -429,6 +478,9 @@ def pretrain(
 
     flush()
     checkpoint()
+    if not main_process:
+        distributed.barrier()  # until rank 0 has saved the models
+        return PretrainResult(output_dir, step, False, "")
     model.save_pretrained(str(output_dir))
     for part in ("discriminator", "generator"):
         tokenizer.save_pretrained(str(output_dir / part))
@@ -436,6 +488,7 @@ def pretrain(
     plot_losses(metrics, output_dir / "loss.png")
     summary = summarize(config, model, metrics, output_dir, device, autocast_dtype)
     (output_dir / "summary.txt").write_text(summary + "\n")
+    distributed.barrier()
     return PretrainResult(output_dir, step, False, summary)
 
 
@@ -484,6 +537,8 @@ def summarize(config, model, metrics, output_dir, device, autocast_dtype) -> str
     tokens = sum(row["tokens"] for row in metrics)
     throughput = [row["tokens_per_second"] for row in metrics]
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[autocast_dtype]
+    processes = distributed.world_size()
+    placement = f"{processes} processes ({device.type}, DDP)" if processes > 1 else str(device)
 
     def change(key: str) -> str:
         return f"{window_mean(metrics, key, True):.3f} -> {window_mean(metrics, key, False):.3f}"
@@ -491,8 +546,8 @@ def summarize(config, model, metrics, output_dir, device, autocast_dtype) -> str
     return (
         f"Pre-trained ELECTRA-{config.preset} (discriminator {discriminator_parameters / 1e6:.2f} M parameters, "
         f"generator {generator_parameters / 1e6:.2f} M, embeddings shared) for {len(metrics)} steps of "
-        f"{config.batch_size * config.grad_accum} sequences x {config.max_length} tokens "
-        f"({tokens / 1e6:.2f} M real tokens) on {device} in {precision} at about "
+        f"{processes * config.batch_size * config.grad_accum} sequences x {config.max_length} tokens "
+        f"({tokens / 1e6:.2f} M real tokens) on {placement} in {precision} at about "
         f"{sorted(throughput)[len(throughput) // 2]:,.0f} tokens/s. "
         f"Loss (mean of the first and last tenth of the steps) went {change('loss')}: generator MLM "
         f"{change('mlm_loss')}, discriminator RTD {change('rtd_loss')}; generator accuracy "

@@ -1,0 +1,115 @@
+"""`torchrun --nproc_per_node=2 -m electra_fast pretrain` on the CPU (Gloo): one set of outputs, disjoint data
+per rank, per-rank RNG, exact resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra_fast.data import PretrainingBatches, open_corpus
+from electra_fast.tokenizer import line_encoder, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--vocab-size", "300",
+         "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2", "--grad-accum", "2"]
+WORLD, ACCUM = 2, 2
+
+
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    launcher = [shutil.which("torchrun") or sys.executable]
+    if launcher == [sys.executable]:
+        launcher += ["-m", "torch.distributed.run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [*launcher, "--standalone", "--nproc_per_node", str(WORLD), "-m", "electra_fast", "pretrain", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(output_dir: Path) -> list:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_corpus(path: Path) -> Path:
+    """A small text file (faster to load than the embedded corpus) with lines of varied lengths."""
+    words = "electra trains a discriminator that detects which tokens a small generator replaced".split()
+    documents = [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 11)) for i in range(120)]
+    path.write_text("\n".join(line + ("\n" if i % 5 == 4 else "") for i, line in enumerate(documents)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """A 2-process run of 4 steps; what later tests compare with is read before anything rewrites it."""
+    output_dir = tmp_path_factory.mktemp("ddp-run")
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+    result = torchrun(*SMALL, "--data", str(corpus), "--output-dir", str(output_dir))
+    assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+
+    return {
+        "dir": output_dir, "stdout": result.stdout, "metrics": read_metrics(output_dir),
+        "files": sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file()),
+        "weights": load_file(output_dir / "discriminator" / "model.safetensors"),
+        "corpus": corpus, "checkpoint": torch.load(output_dir / "checkpoints" / "step-0000004.pt", weights_only=False),
+    }
+
+
+def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
+    from transformers import ElectraForSequenceClassification
+
+    assert ddp_run["stdout"].count("Pre-trained ELECTRA-tiny") == 1  # one summary, from rank 0
+    assert "of 16 sequences" in ddp_run["stdout"] and "2 processes" in ddp_run["stdout"]
+    files = ddp_run["files"]
+    assert [f for f in files if f.endswith(".jsonl")] == ["metrics.jsonl"]
+    assert [f for f in files if f.startswith("checkpoints/")] == ["checkpoints/step-0000002.pt",
+                                                                   "checkpoints/step-0000004.pt"]
+    assert not [f for f in files if ".tmp" in f or "write-test" in f]
+    assert [row["step"] for row in ddp_run["metrics"]] == [1, 2, 3, 4]
+    for row in ddp_run["metrics"]:
+        assert row["loss"] == pytest.approx(row["mlm_loss"] + 50 * row["rtd_loss"], rel=1e-5)
+    model = ElectraForSequenceClassification.from_pretrained(ddp_run["dir"] / "discriminator", num_labels=2)
+    tokenizer = load_tokenizer(str(ddp_run["dir"] / "discriminator"))
+    assert model.electra.embeddings.word_embeddings.weight.shape[0] == len(tokenizer)
+    logits = model(**tokenizer(["a discriminator detects replaced tokens"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
+    # Rank r takes batch (2k + m) * 2 + r of the shared seeded stream for micro-batch m of step k, and the
+    # logged token count is the sum over micro-batches and ranks: recount it from the data stream itself.
+    tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
+    batches = PretrainingBatches(
+        open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4,
+        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0,
+        shuffle_buffer=64,
+    )
+    per_step = WORLD * ACCUM
+    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(per_step * 4)]
+    ddp_tokens = [row["tokens"] for row in ddp_run["metrics"]]
+    assert ddp_tokens == [sum(stream_tokens[per_step * k: per_step * (k + 1)]) for k in range(4)]
+    # what both ranks on the same batches would log instead:
+    assert ddp_tokens != [WORLD * sum(stream_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
+    checkpoint = ddp_run["checkpoint"]
+    assert checkpoint["world_size"] == WORLD and len(checkpoint["rng"]) == WORLD
+    assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])  # own dropout streams
+
+
+def test_resume_continues_exactly(ddp_run):
+    output_dir = ddp_run["dir"]
+    result = torchrun(*SMALL, "--data", str(ddp_run["corpus"]), "--output-dir", str(output_dir),
+                      "--resume", str(output_dir / "checkpoints" / "step-0000002.pt"))
+    assert result.returncode == 0, result.stderr
+    resumed = read_metrics(output_dir)
+    assert [row["step"] for row in resumed] == [1, 2, 3, 4]
+    for key in ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "grad_norm",
+                "tokens"):
+        assert [row[key] for row in resumed] == [row[key] for row in ddp_run["metrics"]], key
+    assert len({row["loss"] for row in resumed}) == 4
+    from safetensors.torch import load_file
+
+    weights = load_file(output_dir / "discriminator" / "model.safetensors")
+    assert all(torch.equal(weights[name], ddp_run["weights"][name]) for name in weights)
