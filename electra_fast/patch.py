@@ -20,6 +20,12 @@ from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.electra.modeling_electra import ElectraForPreTrainingOutput
 
 from . import hf_attention, ops
+from .pretrainer import lm_head_parameters
+
+
+def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs):
+    return model.electra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
 
 
 def _fast_masked_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -27,16 +33,13 @@ def _fast_masked_lm_forward(self, input_ids=None, attention_mask=None, token_typ
     if labels is None:
         return self._electra_fast_original_forward(input_ids, attention_mask, token_type_ids, position_ids,
                                                    inputs_embeds, labels=None, **kwargs)
-    outputs = self.electra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+    outputs = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
     labelled = labels != -100
     head_hidden = self.generator_predictions(outputs.last_hidden_state[labelled])
     if head_hidden.shape[0] == 0:  # nothing labelled: HF's mean over no tokens would be NaN; we give 0
         loss = outputs.last_hidden_state.sum() * 0.0
     else:
-        weight, bias = self.generator_lm_head.weight, self.generator_lm_head.bias
-        if head_hidden.dtype != weight.dtype:
-            weight, bias = weight.to(head_hidden.dtype), None if bias is None else bias.to(head_hidden.dtype)
+        weight, bias = lm_head_parameters(self.generator_lm_head, head_hidden.dtype)
         loss, _ = ops.generator_loss_and_sample(head_hidden, weight, bias, labels[labelled])
     return MaskedLMOutput(loss=loss, logits=None, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
@@ -46,8 +49,7 @@ def _fast_pretraining_forward(self, input_ids=None, attention_mask=None, token_t
     if labels is None:
         return self._electra_fast_original_forward(input_ids, attention_mask, token_type_ids, position_ids,
                                                    inputs_embeds, labels=None, **kwargs)
-    outputs = self.electra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+    outputs = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
     head = self.discriminator_predictions
     # rtd_loss labels a token replaced where corrupted != original: comparing labels with 0 gives labels.
     rtd = ops.rtd_loss(outputs.last_hidden_state, head.dense.weight, head.dense.bias, head.dense_prediction.weight,

@@ -72,6 +72,15 @@ class ElectraPretrainingOutput:
     rtd_logits: torch.Tensor = field(repr=False)
 
 
+def lm_head_parameters(lm_head: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The LM head's (weight, bias) in the activations' dtype: under autocast the matmul runs in it, as
+    F.linear would (autocast does not reach the custom op)."""
+    weight, bias = lm_head.weight, lm_head.bias
+    if weight.dtype == dtype:
+        return weight, bias
+    return weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 class GDESWordEmbedding(nn.Module):
     """DeBERTa-v3 gradient-disentangled embedding: ``E_D = stop_grad(E_G) + delta``, delta starting at 0."""
 
@@ -191,10 +200,7 @@ class ElectraPretrainer(nn.Module):
         slots = masked.positions.shape[1]
         slot_hidden = gen_hidden.gather(1, masked.positions[..., None].expand(-1, -1, gen_hidden.shape[-1]))
         head_hidden = self.generator.generator_predictions(slot_hidden.reshape(batch * slots, -1))
-        lm_head = self.generator.generator_lm_head
-        weight, bias = lm_head.weight, lm_head.bias
-        if head_hidden.dtype != weight.dtype:  # under autocast: the matmul runs in the activations' dtype
-            weight, bias = weight.to(head_hidden.dtype), None if bias is None else bias.to(head_hidden.dtype)
+        weight, bias = lm_head_parameters(self.generator.generator_lm_head, head_hidden.dtype)
         mlm_loss, samples = ops.generator_loss_and_sample(
             head_hidden, weight, bias, masked.targets.reshape(-1), masked.weights.reshape(-1),
             temperature=obj.temperature, disallow_correct=obj.disallow_correct, seed=seed,
