@@ -20,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # kernels/ installs as electra_fast.kernels: a top-level `kernels` package is taken on PyPI.
-    packages=["electra_fast", "electra_fast.kernels", "electra_fast.fused"],
+    packages=["electra_fast", "electra_fast.kernels", "electra_fast.fused", "electra_fast.cpu"],
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     install_requires=install_requires,
     extras_require={

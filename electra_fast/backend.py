@@ -1,7 +1,8 @@
 """Which implementation an op runs: Triton kernels or the PyTorch reference (DESIGN §3, Dispatch).
 
 ``ELECTRA_FAST_BACKEND=auto`` (default) runs Triton kernels on CUDA tensors, and on CPU tensors when
-``TRITON_INTERPRET=1`` is set; otherwise the reference. ``triton`` and ``reference`` force one side;
+``TRITON_INTERPRET=1`` is set; other CPU tensors take the compiled CPU path (``electra_fast.cpu``, the
+reference's results computed fused); anything else the reference. ``triton`` and ``reference`` force one side;
 forcing ``triton`` where it cannot run is an error. ``use_backend(name)`` does the same in code.
 """
 
@@ -63,6 +64,12 @@ def triton_can_run(device: torch.device) -> bool:
     if not triton_importable():
         return False
     return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+
+
+def use_cpu_path(device: torch.device) -> bool:
+    """Whether an op on ``device`` that does not run its Triton kernel runs the compiled CPU path
+    (``electra_fast.cpu``: the reference's results, fused) rather than the literal reference."""
+    return device.type == "cpu" and requested_backend() == "auto"
 
 
 def use_triton(device: torch.device) -> bool:

@@ -13,7 +13,7 @@ import torch
 
 from . import reference
 from . import validation as check
-from .backend import use_triton
+from .backend import use_cpu_path, use_triton
 from .reference import MaskedTokens, RTDOutput
 from .rng import check_seed
 
@@ -146,6 +146,13 @@ def generator_loss_and_sample(
             seed=seed,
         )
     check.ids_in_vocab("targets", targets, vocab_size)
+    if use_cpu_path(hidden.device):
+        from .cpu import generator_head as cpu_generator_head
+
+        return cpu_generator_head.generator_loss_and_sample(
+            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+            seed=seed,
+        )
     return reference.generator_loss_and_sample(
         hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
     )
@@ -266,6 +273,11 @@ def attention(
         from .fused import attention as fused_attention
 
         return fused_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
+    if use_cpu_path(q.device):
+        from .cpu import attention as cpu_attention
+
+        if cpu_attention.supports(key_padding_mask):
+            return cpu_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
     return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
 
 

@@ -1,0 +1,211 @@
+"""One ELECTRA pre-training step (forward + backward + clip + AdamW), electra-fast against what users run today.
+
+Setups, same sizes (a preset of ``electra_fast.presets``, vocabulary 30522, batch 16 x 128 full rows as packed
+pre-training batches are), same optimiser, in the same run:
+
+* ``electra_fast``: ``ElectraPretrainer`` (exact masking, the head at the masked slots only, fused Gumbel
+  sampling, electra-fast attention; on the CPU the compiled CPU path, on CUDA the Triton kernels);
+* ``hf_recipe``: the recipe people write by hand: ``ElectraForMaskedLM`` + ``ElectraForPreTraining`` with
+  SDPA attention and tied embeddings, Bernoulli masking as ``DataCollatorForLanguageModeling`` does it,
+  the full [B, L, V] generator logits and HF's own losses, a Gumbel sample at the masked positions and BCE;
+* ``electra_pytorch``: lucidrains' ``electra-pytorch`` wrapper around the same two models (when installed);
+* each of these with ``+compile``: ``torch.compile`` of the pre-trainer, of the two HF models, or of the
+  wrapper: what a user tries next.
+
+Each timed round is one whole step. Peak memory: on CUDA ``max_memory_allocated`` of one step; on the CPU the
+peak RSS of a fresh process that builds the setup and runs three steps (``python benchmarks/bench_step.py
+--variant NAME --preset NAME``), since the allocator's reuse in a long benchmark process says little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import electra_fast as ef
+from electra_fast.presets import electra_configs, get_preset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import DEVICE, ON_GPU, measure, sync  # noqa: E402
+
+OP = "pretraining_step"
+VOCAB = 30522
+BATCH, SEQ_LEN = 16, 128
+PAD, CLS, SEP, MASK = 0, 101, 102, 103
+SPECIALS = (PAD, CLS, SEP)
+PRESETS = ("small", "base") if ON_GPU else ("tiny", "small")
+VARIANTS = ("electra_fast", "hf_recipe", "electra_pytorch")
+
+
+def make_batch(device=DEVICE):
+    """[CLS] ... [SEP] rows of random ids, every position real (pre-training batches are packed)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, VOCAB, (BATCH, SEQ_LEN), generator=generator)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    return ids.to(device), torch.ones(BATCH, SEQ_LEN, dtype=torch.long, device=device)
+
+
+def hf_models(preset: str):
+    """Generator and discriminator at the preset's sizes with SDPA attention, embeddings shared and tied."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    gen_config, disc_config = electra_configs(get_preset(preset), VOCAB, pad_token_id=PAD)
+    generator, discriminator = ElectraForMaskedLM(gen_config), ElectraForPreTraining(disc_config)
+    for model in (generator, discriminator):
+        model.set_attn_implementation("sdpa")
+    discriminator.electra.embeddings = generator.electra.embeddings
+    generator.generator_lm_head.weight = generator.electra.embeddings.word_embeddings.weight
+    return generator, discriminator
+
+
+class HFRecipe(torch.nn.Module):
+    """The hand-written recipe: HF collator-style masking, full generator logits, Gumbel sample, HF's losses."""
+
+    def __init__(self, preset: str, compile_models: bool = False):
+        super().__init__()
+        self.generator, self.discriminator = hf_models(preset)
+        self.run_generator, self.run_discriminator = self.generator, self.discriminator
+        if compile_models:
+            self.run_generator, self.run_discriminator = torch.compile(self.generator), torch.compile(self.discriminator)
+
+    def forward(self, ids, mask):
+        special = torch.isin(ids, torch.tensor(SPECIALS, device=ids.device)) | (mask == 0)
+        chosen = torch.bernoulli(torch.full(ids.shape, 0.15, device=ids.device)).bool() & ~special
+        use_mask_token = torch.bernoulli(torch.full(ids.shape, 0.85, device=ids.device)).bool() & chosen
+        generator_out = self.run_generator(ids.masked_fill(use_mask_token, MASK), attention_mask=mask,
+                                           labels=ids.masked_fill(~chosen, -100))
+        with torch.no_grad():
+            logits = generator_out.logits[chosen].float()
+            noise = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
+            corrupted = ids.masked_scatter(chosen, (logits + noise).argmax(-1))
+        discriminator_out = self.run_discriminator(corrupted, attention_mask=mask, labels=(corrupted != ids).long())
+        return generator_out.loss + 50.0 * discriminator_out.loss
+
+
+class _LogitsOf(torch.nn.Module):
+    """electra-pytorch calls its generator and discriminator as ``net(ids, **kwargs) -> logits``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, **kwargs):
+        return self.model(ids, **kwargs).logits
+
+
+def electra_pytorch_available() -> bool:
+    try:
+        import electra_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build(variant: str, preset: str):
+    """(model, loss_fn(model, ids, mask, step) -> loss) of one setup, on DEVICE."""
+    compile_model = variant.endswith("+compile")
+    name = variant.removesuffix("+compile")
+    if name == "electra_fast":
+        model = ef.ElectraPretrainer.from_preset(preset, vocab_size=VOCAB, mask_token_id=MASK,
+                                                 special_token_ids=SPECIALS, pad_token_id=PAD).to(DEVICE)
+        run = torch.compile(model) if compile_model else model
+        return model, lambda ids, mask, step: run(ids, mask, seed=step).loss
+    if name == "hf_recipe":
+        model = HFRecipe(preset, compile_models=compile_model).to(DEVICE)
+        return model, lambda ids, mask, step: model(ids, mask)
+    if name == "electra_pytorch":
+        from electra_pytorch import Electra
+
+        generator, discriminator = hf_models(preset)
+        model = Electra(_LogitsOf(generator), _LogitsOf(discriminator), mask_token_id=MASK, pad_token_id=PAD,
+                        mask_ignore_token_ids=[CLS, SEP], mask_prob=0.15, disc_weight=50.0).to(DEVICE)
+        run = torch.compile(model) if compile_model else model
+        return model, lambda ids, mask, step: run(ids, attention_mask=mask).loss
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def training_step(variant: str, preset: str):
+    """A closure that runs one whole step: forward, backward, clip to 1.0, AdamW and the schedule."""
+    torch.manual_seed(0)
+    model, loss_fn = build(variant, preset)
+    optimizer, scheduler = ef.build_optimizer_and_scheduler(
+        model, lr=get_preset(preset).learning_rate, warmup_steps=10, total_steps=10_000
+    )
+    ids, mask = make_batch()
+    counter = iter(range(10**9))
+
+    def step():
+        loss = loss_fn(ids, mask, next(counter))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def fresh_process_peak_rss(variant: str, preset: str) -> int | None:
+    """Peak RSS in bytes of a new process that builds ``variant`` and runs three steps (CPU only)."""
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--variant", variant, "--preset", preset, "--steps", "3"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    if result.returncode != 0:
+        print(result.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+
+
+def variants():
+    for name in VARIANTS:
+        for suffix in ("", "+compile"):
+            yield name + suffix
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("variant", list(variants()))
+def test_pretraining_step(benchmark, variant, preset):
+    if variant.startswith("electra_pytorch") and not electra_pytorch_available():
+        pytest.skip("electra-pytorch is not installed")
+    step = training_step(variant, preset)
+    peak_rss = None if ON_GPU else fresh_process_peak_rss(variant, preset)
+    measure(benchmark, step, op=OP, impl=variant, shape=f"{preset} V={VOCAB} B={BATCH} L={SEQ_LEN}",
+            rounds=5 if preset == "tiny" else 3, warmup=2, tokens=BATCH * SEQ_LEN,
+            **({} if peak_rss is None else {"peak_rss_bytes": peak_rss}))
+
+
+def main(argv=None):
+    """One setup in this process: time a few steps and print seconds per step, tokens/s and peak memory as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="electra_fast", help=f"one of {list(variants())}")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args(argv)
+    step = training_step(args.variant, args.preset)
+    step()  # warm-up (and compilation)
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps - 1):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / max(1, args.steps - 1)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    print(json.dumps({
+        "variant": args.variant, "preset": args.preset, "device": str(DEVICE), "seconds_per_step": seconds,
+        "tokens_per_second": BATCH * SEQ_LEN / seconds, "peak_rss_bytes": peak_rss,
+        "max_memory_allocated": torch.cuda.max_memory_allocated() if ON_GPU else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()

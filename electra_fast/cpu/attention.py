@@ -1,0 +1,75 @@
+"""Attention on the CPU with the reference's semantics and dropout mask (``reference.attention``).
+
+Without dropout it is PyTorch's ``scaled_dot_product_attention`` (a fused CPU kernel). With dropout the
+probabilities are materialised as the reference does, in fp32, but the keep/drop decision of every (b, h, i, j)
+is drawn inside one compiled loop (stream ATTENTION_DROPOUT at the element's flat index, as the reference
+draws it) that also applies it; backward draws the same decisions again instead of saving them.
+A query row of a sequence with no real key gets output 0 and zero gradients, as in the reference: such rows
+attend to every key (finite softmax) and their output is zeroed.
+Only boolean ``[B, Lk]`` key masks (or none) come here; ``ops.attention`` sends additive masks to the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..rng import Stream
+from .compiler import compiled
+from .draws import key_tensor, philox_first_word, uniform
+
+
+@compiled
+def _apply_dropout(x, key, dropout_p, keep_scale):
+    """``x * keep / (1 - p)`` with keep = uniform(draw(seed, ATTENTION_DROPOUT, flat index)) >= p."""
+    index = torch.arange(x.numel(), dtype=torch.int64).view(x.shape)
+    keep = uniform(philox_first_word(key, int(Stream.ATTENTION_DROPOUT), index)) >= dropout_p
+    return torch.where(keep, x, torch.zeros_like(x)) / keep_scale
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, probs, seed: int, dropout_p: float):
+        ctx.arguments = (key_tensor(seed), torch.tensor(dropout_p, dtype=torch.float32),
+                         torch.tensor(1.0 - dropout_p, dtype=torch.float32))
+        return _apply_dropout(probs.contiguous(), *ctx.arguments)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _apply_dropout(grad.contiguous(), *ctx.arguments), None, None
+
+
+def supports(key_padding_mask: Optional[torch.Tensor]) -> bool:
+    return key_padding_mask is None or key_padding_mask.dtype == torch.bool
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    *,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``reference.attention`` for [B, heads, L, D] tensors and a [B, Lk] bool key mask (True = real key)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    has_key = None
+    attn_mask = None
+    if key_padding_mask is not None:
+        has_key = key_padding_mask.any(dim=1)
+        attn_mask = (key_padding_mask | ~has_key[:, None])[:, None, None, :]
+    if dropout_p == 0:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    else:
+        scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = _Dropout.apply(torch.softmax(scores, dim=-1), seed, float(dropout_p))
+        out = (probs @ v.float()).to(q.dtype)
+    if has_key is not None:
+        out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))
+    return out
