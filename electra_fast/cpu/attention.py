@@ -17,16 +17,27 @@ import torch
 import torch.nn.functional as F
 
 from ..rng import Stream
-from .compiler import compiled
+from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
 
 
 @compiled
-def _apply_dropout(x, key, dropout_p, keep_scale):
-    """``x * keep / (1 - p)`` with keep = uniform(draw(seed, ATTENTION_DROPOUT, flat index)) >= p."""
-    index = torch.arange(x.numel(), dtype=torch.int64).view(x.shape)
+def _dropout_chunk(x, key, start, dropout_p, keep_scale):
+    """``x * keep / (1 - p)`` for a flat chunk starting at element ``start``, with keep =
+    uniform(draw(seed, ATTENTION_DROPOUT, flat index)) >= p."""
+    index = torch.arange(x.numel(), dtype=torch.int64) + start
     keep = uniform(philox_first_word(key, int(Stream.ATTENTION_DROPOUT), index)) >= dropout_p
     return torch.where(keep, x, torch.zeros_like(x)) / keep_scale
+
+
+def _apply_dropout(x, key, dropout_p, keep_scale):
+    """Dropout of a [B, heads, Lq, Lk] tensor; the draw's index is the element's flat index."""
+    flat = x.contiguous().view(-1)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+        end = min(flat.numel(), start + CHUNK_ELEMENTS)
+        out[start:end] = _dropout_chunk(flat[start:end], key, torch.tensor(start), dropout_p, keep_scale)
+    return out.view(x.shape)
 
 
 class _Dropout(torch.autograd.Function):
@@ -34,11 +45,11 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, probs, seed: int, dropout_p: float):
         ctx.arguments = (key_tensor(seed), torch.tensor(dropout_p, dtype=torch.float32),
                          torch.tensor(1.0 - dropout_p, dtype=torch.float32))
-        return _apply_dropout(probs.contiguous(), *ctx.arguments)
+        return _apply_dropout(probs, *ctx.arguments)
 
     @staticmethod
     def backward(ctx, grad):
-        return _apply_dropout(grad.contiguous(), *ctx.arguments), None, None
+        return _apply_dropout(grad, *ctx.arguments), None, None
 
 
 def supports(key_padding_mask: Optional[torch.Tensor]) -> bool:

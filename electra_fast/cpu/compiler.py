@@ -18,6 +18,11 @@ import warnings
 import torch
 
 _fallback_warned = False
+# Elements per call of a compiled loop that draws. Inductor stores a pointwise value to memory once its
+# expression passes 50 ops on the CPU (inlining all ~150 ops of ten Philox rounds instead costs it minutes of
+# code generation), so a draw leaves an int64 temporary of the call's size: callers feed these loops in
+# chunks of this many elements, whose temporaries stay in the cache (2 MiB) instead of costing [M, V] memory.
+CHUNK_ELEMENTS = 1 << 18
 
 
 def compile_enabled() -> bool:

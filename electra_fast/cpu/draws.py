@@ -1,11 +1,12 @@
-"""Philox draws ``(seed, stream, index)`` for ranges of indices, fused and compiled: the bits of ``electra_fast.rng``.
+"""Philox draws ``(seed, stream, index)`` as traceable tensor expressions: the bits of ``electra_fast.rng``,
+written to be compiled into the loops that consume them.
 
 ``rng.philox4x32`` spells each 32x32-bit product out in 16-bit halves with a dozen tensor ops, one tensor pass
 each. Here a round is one 64-bit multiply per word: the product of two uint32 values wraps in int64 but its
-low 64 bits are exact, so ``(p >> 32) & 0xffffffff`` and ``p & 0xffffffff`` are its high and low words. The
-functions below build their indices from ``arange`` and are compiled (``compiler.compiled``), so the ten
-rounds, the conversion to a uniform and whatever consumes it run in one loop with no index or draw tensor.
-Keys travel as tensors (``key_tensor``): a new seed every step must not mean a new compilation.
+low 64 bits are exact, so ``(p >> 32) & 0xffffffff`` and ``p & 0xffffffff`` are its high and low words.
+The compiled consumers (``generator_head``, ``attention``) build the indices from ``arange`` inside the
+compiled function, so no index tensor is made. Keys travel as tensors (``key_tensor``): a new seed every
+step must not mean a new compilation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from .. import rng
-from .compiler import compiled
 
 _MASK32 = 0xFFFFFFFF
 
@@ -55,27 +55,3 @@ def uniform(draws: torch.Tensor) -> torch.Tensor:
     signed = torch.where(draws >= 2**31, draws - 2**32, draws)
     signed = torch.where(signed < 0, -signed - 1, signed)
     return signed.to(torch.float32) * rng._UNIFORM_SCALE
-
-
-@compiled
-def _draw_range(key: torch.Tensor, stream: int, start: torch.Tensor, count: int) -> torch.Tensor:
-    return philox_first_word(key, stream, torch.arange(count, dtype=torch.int64) + start)
-
-
-@compiled
-def _uniform_range(key: torch.Tensor, stream: int, start: torch.Tensor, count: int) -> torch.Tensor:
-    return uniform(philox_first_word(key, stream, torch.arange(count, dtype=torch.int64) + start))
-
-
-def draw_range(seed: int, stream: int, start: int, shape) -> torch.Tensor:
-    """``rng.draw(seed, stream, start + arange(numel).view(shape))`` on the CPU: uint32 values as int64."""
-    shape = tuple(shape)
-    count = int(torch.Size(shape).numel())
-    return _draw_range(key_tensor(seed), int(stream), torch.tensor(start, dtype=torch.int64), count).view(shape)
-
-
-def uniform_range(seed: int, stream: int, start: int, shape) -> torch.Tensor:
-    """``rng.draw_uniform(seed, stream, start + arange(numel).view(shape))`` on the CPU: float32 in [0, 1)."""
-    shape = tuple(shape)
-    count = int(torch.Size(shape).numel())
-    return _uniform_range(key_tensor(seed), int(stream), torch.tensor(start, dtype=torch.int64), count).view(shape)

@@ -1,12 +1,13 @@
 """The generator head on the CPU: one logits GEMM, one fused pass for the loss statistics and the Gumbel-max
 sample, and the two gradient GEMMs: ``reference.generator_loss_and_sample``'s results at its minimum work.
 
-Forward: ``logits = hidden @ weight.T + bias`` in fp32 ([M, V], the only [M, V] buffer, kept for backward),
-then ``_lse_and_sample`` reads it once per row: log-sum-exp, and ``argmax(logits / T + g)`` with the Gumbel
-noise ``g`` of every (row, vocab id) drawn inside that loop (stream GUMBEL at ``row * V + v``, as the
-reference draws it), so no index, draw or noise tensor of size [M, V] is ever made.
-Backward: ``dlogits = (softmax - onehot(target)) * w / sum(w)`` in fp32, then ``dh = dlogits @ weight``,
-``dW = dlogits.T @ hidden``, ``db = dlogits.sum(0)``, cast to the inputs' dtypes.
+Forward: ``logits = hidden @ weight.T + bias`` in fp32 ([M, V], kept for backward), then ``_lse_and_sample``
+reads it in chunks of rows: log-sum-exp, and ``argmax(logits / T + g)`` with the Gumbel noise ``g`` of every
+(row, vocab id) drawn inside that loop (stream GUMBEL at ``row * V + v``, as the reference draws it), so no
+index, draw or noise tensor of size [M, V] is made; the draws' temporaries are chunk-sized.
+Backward: ``dlogits = (softmax - onehot(target)) * w / sum(w)`` in fp32 in one pass (the second [M, V]
+buffer), then ``dh = dlogits @ weight``, ``dW = dlogits.T @ hidden``, ``db = dlogits.sum(0)``, cast to the
+inputs' dtypes.
 """
 
 from __future__ import annotations
@@ -16,19 +17,34 @@ from typing import Optional
 import torch
 
 from ..rng import Stream
-from .compiler import compiled
+from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
 
 
 @compiled
-def _lse_and_sample(logits, key, temperature, targets, disallow_correct: bool):
+def _lse_and_sample(logits, key, row_start, temperature, targets, disallow_correct: bool):
+    """Per row of a chunk: log-sum-exp of the fp32 logits and the Gumbel-max sample, noise drawn in the loop."""
     rows, vocab = logits.shape
-    index = torch.arange(rows, dtype=torch.int64)[:, None] * vocab + torch.arange(vocab, dtype=torch.int64)[None, :]
+    vocab_ids = torch.arange(vocab, dtype=torch.int64)[None, :]
+    index = (torch.arange(rows, dtype=torch.int64)[:, None] + row_start) * vocab + vocab_ids
     noise = -torch.log(-torch.log(uniform(philox_first_word(key, int(Stream.GUMBEL), index))))
     scores = logits / temperature + noise
     if disallow_correct:
-        scores = torch.where(torch.arange(vocab)[None, :] == targets[:, None], float("-inf"), scores)
+        scores = torch.where(vocab_ids == targets[:, None], float("-inf"), scores)
     return torch.logsumexp(logits, dim=1), scores.argmax(dim=1)
+
+
+@compiled
+def _grad_logits(logits, lse, targets, row_scale):
+    """``(softmax(logits) - onehot(target)) * row_scale`` in fp32, one pass."""
+    vocab_ids = torch.arange(logits.shape[1], dtype=torch.int64)[None, :]
+    onehot = (vocab_ids == targets[:, None]).to(torch.float32)
+    return (torch.exp(logits - lse[:, None]) - onehot) * row_scale[:, None]
+
+
+def _row_chunks(rows: int, vocab: int):
+    step = max(1, CHUNK_ELEMENTS // vocab)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
 def _row_weights(weights: torch.Tensor) -> torch.Tensor:
@@ -43,9 +59,12 @@ class _GeneratorHead(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, weights, temperature, disallow_correct, seed):
         hidden32, weight32 = hidden.float(), weight.float()
         logits = hidden32 @ weight32.t() if bias is None else torch.addmm(bias.float(), hidden32, weight32.t())
-        lse, samples = _lse_and_sample(
-            logits, key_tensor(seed), torch.tensor(temperature, dtype=torch.float32), targets, disallow_correct
-        )
+        key, temperature = key_tensor(seed), torch.tensor(temperature, dtype=torch.float32)
+        lse, samples = torch.empty(len(logits)), torch.empty(len(logits), dtype=torch.int64)
+        for start, end in _row_chunks(*logits.shape):
+            lse[start:end], samples[start:end] = _lse_and_sample(
+                logits[start:end], key, torch.tensor(start), temperature, targets[start:end], disallow_correct
+            )
         row_weights = _row_weights(weights)
         target_logit = logits.gather(1, targets[:, None]).squeeze(1)
         # Padding rows contribute exactly 0, whatever their logits.
@@ -59,9 +78,7 @@ class _GeneratorHead(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_samples):
         hidden32, weight32, logits, lse, targets, row_weights = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        grad_logits = torch.exp(logits - lse[:, None])
-        grad_logits.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
-        grad_logits.mul_((grad_loss * row_weights)[:, None])
+        grad_logits = _grad_logits(logits, lse, targets, grad_loss.float() * row_weights)
         grad_hidden = (grad_logits @ weight32).to(hidden_dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (grad_logits.t() @ hidden32).to(weight_dtype) if ctx.needs_input_grad[1] else None
         grad_bias = grad_logits.sum(0).to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
