@@ -58,10 +58,10 @@ class _Compiled:
 
     def _call_compiled(self, *args, **kwargs):
         if self.compiled_fn is None:
-            self.compiled_fn = torch.compile(self.fn, dynamic=True, fullgraph=True)
-            try:
+            try:  # compiling happens in the first call: any failure there is the compiler's
+                self.compiled_fn = torch.compile(self.fn, dynamic=True, fullgraph=True)
                 return self.compiled_fn(*args, **kwargs)
-            except Exception as error:  # the first call compiles: any failure there is the compiler's
+            except Exception as error:
                 self.failed = True
                 _warn_fallback(self.fn.__name__, error)
                 return self.fn(*args, **kwargs)
