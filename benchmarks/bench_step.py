@@ -181,6 +181,7 @@ def test_pretraining_step(benchmark, variant, preset):
     peak_rss = None if ON_GPU else fresh_process_peak_rss(variant, preset)
     measure(benchmark, step, op=OP, impl=variant, shape=f"{preset} V={VOCAB} B={BATCH} L={SEQ_LEN}",
             rounds=5 if preset == "tiny" else 3, warmup=2, tokens=BATCH * SEQ_LEN,
+            baseline="hf_recipe+compile" if variant.endswith("+compile") else "hf_recipe",
             **({} if peak_rss is None else {"peak_rss_bytes": peak_rss}))
 
 

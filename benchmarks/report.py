@@ -31,6 +31,10 @@ def load_rows(paths: list[str]) -> list[dict]:
         row = dict(info, name=bench["name"], median_s=median)
         row["tflops"] = info["flops"] / median / 1e12 if info.get("flops") else None
         row["gbps"] = info["bytes_moved"] / median / 1e9 if info.get("bytes_moved") else None
+        row["tokens_per_s"] = info["tokens"] / median if info.get("tokens") else None
+        # On the CPU the step benchmark measures a fresh process's peak RSS instead of CUDA's allocator peak.
+        if info.get("peak_rss_bytes") is not None:
+            row["peak_memory_bytes"] = info["peak_rss_bytes"]
         rows.append(row)
     return rows
 
@@ -46,21 +50,27 @@ def write_tables(rows: list[dict], out_dir: str) -> str:
     lines = []
     for op, op_rows in sorted(by_op.items()):
         lines += [f"## {op}", "", f"device: {op_rows[0].get('device')}", "",
-                  "| shape | impl | median ms | speed-up vs slowest | TFLOP/s | GB/s | % of HBM peak | peak MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| shape | impl | median ms | speed-up vs slowest | time / baseline's | TFLOP/s | GB/s | % of HBM peak | "
+                  "tokens/s | peak MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         by_shape = defaultdict(list)
         for row in op_rows:
             by_shape[row["shape"]].append(row)
         for shape, shape_rows in by_shape.items():
             slowest = max(r["median_s"] for r in shape_rows)
             fastest = min(r["median_s"] for r in shape_rows)
+            by_impl = {r["impl"]: r["median_s"] for r in shape_rows}
             for r in sorted(shape_rows, key=lambda r: r["median_s"]):
+                # A row may name the implementation it replaces (extra_info "baseline"), measured in the same run.
+                base = by_impl.get(r.get("baseline"))
+                ratio = f"{r['median_s'] / base:.2f} x {r['baseline']}" if base else "-"
                 impl = f"**{r['impl']}**" if r["median_s"] == fastest else r["impl"]
                 peak = r.get("peak_memory_bytes")
                 pct = 100 * r["gbps"] / PEAK_BANDWIDTH_GBPS if r.get("gbps") and r.get("device") != "cpu" else None
                 lines.append(
-                    f"| {shape} | {impl} | {r['median_s'] * 1e3:.3f} | {slowest / r['median_s']:.2f}x | "
+                    f"| {shape} | {impl} | {r['median_s'] * 1e3:.3f} | {slowest / r['median_s']:.2f}x | {ratio} | "
                     f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['gbps'], '.3g')} | {_fmt(pct, '.0f')} | "
+                    f"{_fmt(r['tokens_per_s'], '.0f')} | "
                     f"{_fmt(peak / 2**20 if peak is not None else None, '.1f')} |"
                 )
         lines.append("")

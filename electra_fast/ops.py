@@ -83,7 +83,14 @@ def mask_tokens(
         kernel = fused_masking.kernel_supports(input_ids.shape[1], special_token_ids, mask_token_id)
     if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
         check.ids_in_vocab("input_ids", input_ids, vocab_size)
-    implementation = fused_masking.mask_tokens if kernel else reference.mask_tokens
+    if kernel:
+        implementation = fused_masking.mask_tokens
+    elif use_cpu_path(input_ids.device):
+        from .cpu import masking as cpu_masking
+
+        implementation = cpu_masking.mask_tokens
+    else:
+        implementation = reference.mask_tokens
     return implementation(
         input_ids,
         attention_mask,

@@ -62,7 +62,10 @@ def optional_positive_number(name: str, value) -> None:
 
 
 def ids_in_vocab(name: str, ids: torch.Tensor, vocab_size: int, where: Optional[torch.Tensor] = None) -> None:
-    """Ids outside [0, vocab_size) are an error (this synchronises with the device)."""
+    """Ids outside [0, vocab_size) are an error (this synchronises with the device). Skipped while
+    torch.compile traces: reading the values would split the graph."""
+    if torch.compiler.is_compiling():
+        return
     checked = ids if where is None else ids[where]
     if checked.numel() and (int(checked.min()) < 0 or int(checked.max()) >= vocab_size):
         raise ValueError(

@@ -40,16 +40,28 @@ def _apply_dropout(x, key, dropout_p, keep_scale):
     return out.view(x.shape)
 
 
-class _Dropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, probs, seed: int, dropout_p: float):
-        ctx.arguments = (key_tensor(seed), torch.tensor(dropout_p, dtype=torch.float32),
-                         torch.tensor(1.0 - dropout_p, dtype=torch.float32))
-        return _apply_dropout(probs, *ctx.arguments)
+@torch.library.custom_op("electra_fast::cpu_attention_dropout", mutates_args=())
+def attention_dropout(x: torch.Tensor, seed: int, dropout_p: float) -> torch.Tensor:
+    """Dropout of attention probabilities [B, heads, Lq, Lk] (a custom op: opaque to an outer torch.compile)."""
+    return _apply_dropout(x, key_tensor(seed), torch.tensor(dropout_p, dtype=torch.float32),
+                          torch.tensor(1.0 - dropout_p, dtype=torch.float32))
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _apply_dropout(grad, *ctx.arguments), None, None
+
+@attention_dropout.register_fake
+def _(x, seed, dropout_p):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    ctx.seed, ctx.dropout_p = inputs[1], inputs[2]
+
+
+def _dropout_backward(ctx, grad):
+    # The same keep/drop decisions, drawn again rather than saved.
+    return attention_dropout(grad, ctx.seed, ctx.dropout_p), None, None
+
+
+attention_dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
 def supports(key_padding_mask: Optional[torch.Tensor]) -> bool:
@@ -79,7 +91,7 @@ def attention(
         scores = (q.float() @ k.float().transpose(-1, -2)) * scale
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
-        probs = _Dropout.apply(torch.softmax(scores, dim=-1), seed, float(dropout_p))
+        probs = attention_dropout(torch.softmax(scores, dim=-1), int(seed), float(dropout_p))
         out = (probs @ v.float()).to(q.dtype)
     if has_key is not None:
         out = torch.where(has_key[:, None, None, None], out, torch.zeros_like(out))

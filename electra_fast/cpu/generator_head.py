@@ -54,35 +54,69 @@ def _row_weights(weights: torch.Tensor) -> torch.Tensor:
     return weights / torch.where(total > 0, total, torch.ones_like(total))
 
 
-class _GeneratorHead(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, weights, temperature, disallow_correct, seed):
-        hidden32, weight32 = hidden.float(), weight.float()
-        logits = hidden32 @ weight32.t() if bias is None else torch.addmm(bias.float(), hidden32, weight32.t())
-        key, temperature = key_tensor(seed), torch.tensor(temperature, dtype=torch.float32)
-        lse, samples = torch.empty(len(logits)), torch.empty(len(logits), dtype=torch.int64)
-        for start, end in _row_chunks(*logits.shape):
-            lse[start:end], samples[start:end] = _lse_and_sample(
-                logits[start:end], key, torch.tensor(start), temperature, targets[start:end], disallow_correct
-            )
-        row_weights = _row_weights(weights)
-        target_logit = logits.gather(1, targets[:, None]).squeeze(1)
-        # Padding rows contribute exactly 0, whatever their logits.
-        loss = torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
-        ctx.save_for_backward(hidden32, weight32, logits, lse, targets, row_weights)
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(samples)
-        return loss, samples
+# Custom ops (as the Triton path's): opaque to an outer torch.compile, which runs them as they are.
+@torch.library.custom_op("electra_fast::cpu_generator_head_forward", mutates_args=())
+def generator_head_forward(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    weights: torch.Tensor, temperature: float, disallow_correct: bool, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 loss, int64 samples [M], fp32 logits [M, V] kept for backward, fp32 LSE [M])."""
+    hidden32, weight32 = hidden.float(), weight.float()
+    logits = hidden32 @ weight32.t() if bias is None else torch.addmm(bias.float(), hidden32, weight32.t())
+    key, temperature_tensor = key_tensor(seed), torch.tensor(temperature, dtype=torch.float32)
+    lse = torch.empty(len(logits))
+    samples = torch.empty(len(logits), dtype=torch.int64)
+    for start, end in _row_chunks(*logits.shape):
+        lse[start:end], samples[start:end] = _lse_and_sample(
+            logits[start:end], key, torch.tensor(start), temperature_tensor, targets[start:end], disallow_correct
+        )
+    row_weights = _row_weights(weights)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    # Padding rows contribute exactly 0, whatever their logits.
+    loss = torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
+    return loss, samples, logits, lse
 
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_samples):
-        hidden32, weight32, logits, lse, targets, row_weights = ctx.saved_tensors
-        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        grad_logits = _grad_logits(logits, lse, targets, grad_loss.float() * row_weights)
-        grad_hidden = (grad_logits @ weight32).to(hidden_dtype) if ctx.needs_input_grad[0] else None
-        grad_weight = (grad_logits.t() @ hidden32).to(weight_dtype) if ctx.needs_input_grad[1] else None
-        grad_bias = grad_logits.sum(0).to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+@generator_head_forward.register_fake
+def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed):
+    rows, vocab = hidden.shape[0], weight.shape[0]
+    return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty((rows,), dtype=torch.int64),
+            hidden.new_empty((rows, vocab), dtype=torch.float32), hidden.new_empty((rows,), dtype=torch.float32))
+
+
+@torch.library.custom_op("electra_fast::cpu_generator_head_backward", mutates_args=())
+def generator_head_backward(
+    grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
+    targets: torch.Tensor, weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dW, db fp32) of the loss."""
+    grad_logits = _grad_logits(logits, lse, targets, grad_loss.float() * _row_weights(weights))
+    return grad_logits @ weight.float(), grad_logits.t() @ hidden.float(), grad_logits.sum(0)
+
+
+@generator_head_backward.register_fake
+def _(grad_loss, hidden, weight, logits, lse, targets, weights):
+    return (hidden.new_empty(hidden.shape, dtype=torch.float32), weight.new_empty(weight.shape, dtype=torch.float32),
+            weight.new_empty((weight.shape[0],), dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, targets, weights, *_ = inputs
+    _, samples, logits, lse = output
+    ctx.save_for_backward(hidden, weight, logits, lse, targets, weights)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.mark_non_differentiable(samples)
+
+
+def _backward(ctx, grad_loss, _grad_samples, _grad_logits_output, _grad_lse):
+    hidden, weight, logits, lse, targets, weights = ctx.saved_tensors
+    grad_hidden, grad_weight, grad_bias = generator_head_backward(grad_loss, hidden, weight, logits, lse, targets,
+                                                                  weights)
+    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
+    return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), grad_bias, None, None, None, None, None
+
+
+generator_head_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def generator_loss_and_sample(
@@ -99,6 +133,8 @@ def generator_loss_and_sample(
     """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M])."""
     if weights is None:
         weights = torch.ones(hidden.shape[0], dtype=torch.float32)
-    return _GeneratorHead.apply(
-        hidden, weight, bias, targets.long(), weights, float(temperature), bool(disallow_correct), int(seed)
+    loss, samples, _, _ = generator_head_forward(
+        hidden, weight, bias, targets.long().contiguous(), weights.float().contiguous(), float(temperature),
+        bool(disallow_correct), int(seed),
     )
+    return loss, samples
