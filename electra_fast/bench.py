@@ -26,8 +26,9 @@ def run_bench(args) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pytest", str(suites), "-q", "-p", "no:cacheprovider",
-               "--benchmark-json", str(out / "benchmarks.json")]
+    # The suites are bench_*.py files, which pytest does not collect from a folder by default.
+    command = [sys.executable, "-m", "pytest", str(suites), "-q", "-p", "no:cacheprovider", "-o",
+               "python_files=bench_*.py", "--benchmark-json", str(out / "benchmarks.json")]
     if args.k:
         command += ["-k", args.k]
     status = subprocess.call(command, cwd=suites.parent)

@@ -36,7 +36,13 @@ def info(args) -> int:
     if triton_importable() and interpreter_enabled():
         kernel_devices.append("cpu (Triton interpreter)")
     lines.append(f"backend requested: {requested_backend()}")
-    lines.append("Triton kernels run on: " + (", ".join(kernel_devices) or "nothing here (reference PyTorch ops are used)"))
+    lines.append("Triton kernels run on: " + (", ".join(kernel_devices) or "nothing here"))
+    if not interpreter_enabled() and requested_backend() == "auto":
+        from .cpu.compiler import compile_enabled
+
+        how = ("loops compiled by torch.compile (inductor, C++) on first use" if compile_enabled()
+               else "eager (ELECTRA_FAST_CPU_COMPILE=0)")
+        lines.append(f"CPU tensors: the CPU path (electra_fast.cpu), {how}")
     print("\n".join(lines))
     return 0
 
