@@ -9,6 +9,8 @@ pre-training batches are), same optimiser, in the same run:
   SDPA attention and tied embeddings, Bernoulli masking as ``DataCollatorForLanguageModeling`` does it,
   the full [B, L, V] generator logits and HF's own losses, a Gumbel sample at the masked positions and BCE;
 * ``electra_pytorch``: lucidrains' ``electra-pytorch`` wrapper around the same two models (when installed);
+* the optimiser: AdamW with the official groups and schedule, ``ef.build_optimizer_and_scheduler`` (fused
+  AdamW) for electra-fast, torch's default AdamW for the others, as their users write it;
 * each of these with ``+compile``: ``torch.compile`` of the pre-trainer, of the two HF models, or of the
   wrapper: what a user tries next.
 
@@ -31,6 +33,7 @@ import pytest
 import torch
 
 import electra_fast as ef
+from electra_fast.optim import linear_warmup_decay, parameter_groups
 from electra_fast.presets import electra_configs, get_preset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -139,9 +142,12 @@ def training_step(variant: str, preset: str):
     """A closure that runs one whole step: forward, backward, clip to 1.0, AdamW and the schedule."""
     torch.manual_seed(0)
     model, loss_fn = build(variant, preset)
-    optimizer, scheduler = ef.build_optimizer_and_scheduler(
-        model, lr=get_preset(preset).learning_rate, warmup_steps=10, total_steps=10_000
-    )
+    lr = get_preset(preset).learning_rate
+    if variant.startswith("electra_fast"):  # the library's optimiser (fused AdamW)
+        optimizer, scheduler = ef.build_optimizer_and_scheduler(model, lr=lr, warmup_steps=10, total_steps=10_000)
+    else:  # what a hand-written loop builds: torch's default AdamW, the same groups and schedule
+        optimizer = torch.optim.AdamW(parameter_groups(model), lr=lr, betas=(0.9, 0.999), eps=1e-6)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: linear_warmup_decay(step, 10, 10_000))
     ids, mask = make_batch()
     counter = iter(range(10**9))
 

@@ -227,3 +227,22 @@ def test_pretrainer_on_the_cpu_path_equals_the_reference_path(cpu_path):
     for name, grad in grads_slow.items():
         scale = max(grad.abs().max().item(), 1e-6)
         torch.testing.assert_close(grads_fast[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_torch_compile_of_the_whole_pretrainer_on_the_cpu_path(cpu_path):
+    """What a CPU user tries next: torch.compile(model). The CPU path's custom ops run inside the compiled graph
+    and give the eager step's masks, samples and loss."""
+    torch.manual_seed(0)
+    model = ef.ElectraPretrainer.from_preset(
+        "tiny", vocab_size=97, mask_token_id=4, special_token_ids=(0, 1, 2), hidden_size=16, embedding_size=8,
+        generator_hidden_size=8, num_heads=1, num_layers=1, config_kwargs=dict(hidden_dropout_prob=0.0),
+    )
+    ids = torch.randint(5, 97, (2, 11), generator=torch.Generator().manual_seed(4))
+    compiled = torch.compile(model)
+    for seed in (3, 4):  # a new seed every step must not break the compiled graph
+        expected = model(ids, seed=seed)
+        out = compiled(ids, seed=seed)
+        assert torch.equal(out.corrupted_ids, expected.corrupted_ids)
+        torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-5)
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
