@@ -14,9 +14,10 @@ pre-training batches are), same optimiser, in the same run:
 * each of these with ``+compile``: ``torch.compile`` of the pre-trainer, of the two HF models, or of the
   wrapper: what a user tries next.
 
-Each timed round is one whole step (under bf16 autocast on CUDA). Peak memory: on CUDA ``max_memory_allocated`` of one step; on the CPU the
-peak RSS of a fresh process that builds the setup and runs three steps (``python benchmarks/bench_step.py
---variant NAME --preset NAME``), since the allocator's reuse in a long benchmark process says little.
+Each timed round is one whole step (under bf16 autocast on CUDA). Peak memory: on CUDA
+``max_memory_allocated`` of one step; on the CPU the peak RSS of a fresh process that builds the setup and
+runs three steps (``python benchmarks/bench_step.py --variant NAME --preset NAME``), since the allocator's
+reuse in a long benchmark process says little.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class HFRecipe(torch.nn.Module):
         self.generator, self.discriminator = hf_models(preset)
         self.run_generator, self.run_discriminator = self.generator, self.discriminator
         if compile_models:
-            self.run_generator, self.run_discriminator = torch.compile(self.generator), torch.compile(self.discriminator)
+            self.run_generator = torch.compile(self.generator)
+            self.run_discriminator = torch.compile(self.discriminator)
 
     def forward(self, ids, mask):
         special = torch.isin(ids, torch.tensor(SPECIALS, device=ids.device)) | (mask == 0)

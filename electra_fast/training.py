@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed
+from .backend import triton_can_run, use_cpu_path
+from .cpu.compiler import compile_enabled
 from .data import PretrainingBatches, open_corpus
 from .errors import UserInputError
 from .optim import build_optimizer_and_scheduler
@@ -403,6 +405,9 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         return path
 
     model.train()
+    if use_cpu_path(device) and not triton_can_run(device) and compile_enabled():
+        log("the first steps compile the CPU path's fused loops (tens of seconds, the first time on a machine; "
+            "later runs load them from torch.compile's cache)")
     pending: list = []  # (step, metrics tensor on device, tokens, lr) not yet written: one sync per flush
     last_flush = time.perf_counter()
     progress = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
