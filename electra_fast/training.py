@@ -487,6 +487,8 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         distributed.barrier()  # until rank 0 has saved the models
         return PretrainResult(output_dir, step, False, "")
     model.save_pretrained(str(output_dir))
+    # Saved with the models' length limit, so that truncation=True gives inputs the saved models accept.
+    tokenizer.model_max_length = model.discriminator.config.max_position_embeddings
     for part in ("discriminator", "generator"):
         tokenizer.save_pretrained(str(output_dir / part))
     metrics = read_metrics(metrics_path)

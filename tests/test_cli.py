@@ -65,6 +65,11 @@ def test_checkpoints_load_in_transformers(default_run):
     logits = classifier(**batch).logits
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     assert tokenizer.mask_token == "[MASK]" and tokenizer.decode(batch["input_ids"][1][:1]) == "[CLS]"
+    # The saved tokenizer truncates to the model's length: a long text runs through the saved model.
+    assert tokenizer.model_max_length == classifier.config.max_position_embeddings
+    long_text = tokenizer([" ".join(["lists are mutable"] * 400)], truncation=True, return_tensors="pt")
+    assert long_text["input_ids"].shape[1] == classifier.config.max_position_embeddings
+    assert torch.isfinite(classifier(**long_text).logits).all()
     # Tied embeddings: both saved models carry the same trained word embeddings.
     discriminator = ElectraForPreTraining.from_pretrained(str(default_run / "discriminator"))
     generator = ElectraForMaskedLM.from_pretrained(str(default_run / "generator"))
