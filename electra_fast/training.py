@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed
-from .backend import triton_can_run, use_cpu_path
+from .backend import requested_backend, triton_can_run, use_cpu_path
 from .cpu.compiler import compile_enabled
 from .data import PretrainingBatches, open_corpus
 from .errors import UserInputError
@@ -326,6 +326,13 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
     check_config(config)
     output_dir = Path(config.output_dir).expanduser()
     device = distributed.local_device(resolve_device(config.device))
+    # User errors first, before any work (training a tokenizer takes a while).
+    if requested_backend() == "triton" and not triton_can_run(device):
+        raise UserInputError(
+            f"--backend triton cannot run on {device}: the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 "
+            "for the slow interpreter on the CPU); use --backend auto"
+        )
+    resume_path = find_resume_checkpoint(config, output_dir) if config.resume is not None else None
     distributed.setup(device)
     main_process = distributed.is_main_process()
     if main_process:
@@ -367,8 +374,8 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
     )
 
     step = 0
-    if config.resume is not None:
-        path = find_resume_checkpoint(config, output_dir)
+    if resume_path is not None:
+        path = resume_path
         state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         check_same_run(config, state["config"], path)
         if state.get("world_size", 1) != distributed.world_size():

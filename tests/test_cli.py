@@ -152,3 +152,15 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer_dir, default_run, caps
         assert code == 2, arguments
         assert err.startswith("electra-fast pretrain: error: ") and len(err.strip().splitlines()) == 1, err
         assert re.search(message, err), (message, err)
+
+
+def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # Triton cannot run on this CPU
+    for arguments, message in [
+        (["--backend", "triton"], "--backend triton cannot run on cpu"),
+        (["--resume"], "no checkpoint in"),
+    ]:
+        output_dir = tmp_path / arguments[-1].strip("-")
+        code, err = run_cli(capsys, "--output-dir", str(output_dir), *arguments)
+        assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
+        assert not (output_dir / "tokenizer").exists()
