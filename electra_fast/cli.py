@@ -138,8 +138,8 @@ def pretrain(args) -> int:
     except KeyboardInterrupt:  # before training started (the training loop saves a checkpoint on Ctrl-C itself)
         print("electra-fast pretrain: interrupted", file=sys.stderr)
         return 130
-    if result.interrupted:
-        return 130
+    if result.interrupted:  # saved: 128 + the signal's number, as a shell reports a signalled process
+        return 128 + int(result.signal_number or 2)
     if result.summary:  # empty on the processes other than rank 0 under torchrun
         print(result.summary)
     return 0

@@ -6,9 +6,10 @@ clip the gradient norm to 1.0 and step AdamW and the linear schedule. Along the 
 
 * a tqdm bar shows loss, MLM, RTD, generator/discriminator accuracy, tokens/s and the ETA;
 * ``metrics.jsonl`` gets one line per step (read back by ``--resume`` and by the final plot);
-* every ``save_every`` steps, on Ctrl-C and at the end, ``checkpoints/step-XXXXXXX.pt`` is written atomically
-  (temporary file, then ``os.replace``; the last ``keep_checkpoints`` are kept) with the model, optimiser,
-  scheduler, grad scaler, data position, RNG states and step, so ``--resume`` continues exactly;
+* every ``save_every`` steps, on Ctrl-C, SIGTERM or SIGUSR1 (after the step) and at the end,
+  ``checkpoints/step-XXXXXXX.pt`` is written atomically (temporary file, then ``os.replace``; the last
+  ``keep_checkpoints`` are kept) with the model, optimiser, scheduler, grad scaler, data position, RNG states
+  and step, so ``--resume`` continues exactly;
 * at the end: ``discriminator/`` (loadable by ``ElectraForSequenceClassification.from_pretrained``),
   ``generator/``, both with the tokenizer, ``loss.png`` and ``summary.txt``.
 """
@@ -107,7 +108,7 @@ class PretrainResult:
     steps_done: int
     interrupted: bool
     summary: str
-
+    signal_number: Optional[int] = None  # the stop signal of an interrupted run
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -237,28 +238,39 @@ def read_metrics(metrics_path: Path) -> list:
     return [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
 
 
+# Signals that stop a run after the current step, with a checkpoint: Ctrl-C, the scheduler's SIGTERM (SLURM,
+# Kubernetes) and SLURM's warning signal (--signal=USR1@...). The process then exits with 128 + the number.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
 class InterruptFlag:
-    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step (and save); a second
-    Ctrl-C interrupts at once."""
+    """Turns the first stop signal into a request to stop after the current step (and save); a second Ctrl-C
+    interrupts at once (a repeated SIGTERM or SIGUSR1 does not: the save must finish)."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_number: Optional[int] = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to quit without saving)\n")
+        self.signal_number = signum
+        how = "Ctrl-C again to quit without saving" if signum == signal.SIGINT else "then exit"
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint ({how})\n")
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -483,10 +495,10 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             if after_step is not None:
                 after_step(step)
     progress.close()
-    if step < config.steps:  # stopped by Ctrl-C
+    if step < config.steps:  # stopped by a signal (on some rank)
         flush()
         log(f"interrupted at step {step}: saved {checkpoint()}; run the same command with --resume to continue")
-        return PretrainResult(output_dir, step, True, "")
+        return PretrainResult(output_dir, step, True, "", interrupt.signal_number or signal.SIGINT)
 
     flush()
     checkpoint()

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,33 @@ def test_python_dash_m_smoke_run(tmp_path, tokenizer_dir):
     assert result.returncode == 0, result.stderr
     assert "Pre-trained ELECTRA-tiny" in result.stdout
     assert (tmp_path / "run" / "discriminator" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+@pytest.mark.parametrize("stop_signal", ["SIGTERM", "SIGUSR1"])
+def test_scheduler_signals_stop_after_the_step_with_a_checkpoint(tmp_path, tokenizer_dir, stop_signal):
+    """SLURM and Kubernetes send SIGTERM (SLURM's --signal sends USR1 first): finish the step, save, exit 128 + N."""
+    output_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "electra_fast", "pretrain", "--tokenizer", str(tokenizer_dir), "--steps", "100000",
+         "--log-every", "1", "--output-dir", str(output_dir), *SMALL],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = output_dir / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(getattr(signal, stop_signal))
+        _, err = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + getattr(signal, stop_signal), err
+    assert f"{stop_signal}: stopping after this step" in err and "interrupted at step" in err
+    steps = [row["step"] for row in read_metrics(output_dir)]
+    saved = torch.load(sorted((output_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    assert saved["step"] == steps[-1] >= 2 and steps == list(range(1, steps[-1] + 1))
 
 
 def run_cli(capsys, *arguments):
