@@ -118,6 +118,9 @@ def add_pretrain_command(commands) -> None:
     run.add_argument("--resume", nargs="?", const="latest",
                      help="continue from the latest checkpoint in --output-dir, or from the given file")
     run.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
+    run.add_argument("--max-time", help="wall-clock limit of the training loop, e.g. 3h30m, 45m or 90s: then save a "
+                     "checkpoint and exit with code 124 (--resume continues); SIGTERM and SIGUSR1 also save, exiting "
+                     "with 128 + the signal's number")
 
 
 def pretrain(args) -> int:
@@ -138,8 +141,8 @@ def pretrain(args) -> int:
     except KeyboardInterrupt:  # before training started (the training loop saves a checkpoint on Ctrl-C itself)
         print("electra-fast pretrain: interrupted", file=sys.stderr)
         return 130
-    if result.interrupted:  # saved: 128 + the signal's number, as a shell reports a signalled process
-        return 128 + int(result.signal_number or 2)
+    if result.interrupted:  # saved; 128 + the signal's number, as a shell reports it, or 124 after --max-time
+        return result.exit_code
     if result.summary:  # empty on the processes other than rank 0 under torchrun
         print(result.summary)
     return 0

@@ -50,7 +50,10 @@ OBJECTIVE_FIELDS = (
     "disallow_correct", "gen_weight", "disc_weight", "embedding_sharing",
 )
 # Settings a resumed run may change; every other setting must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device"}
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device",
+                     "max_time"}
+# Exit code of a run stopped by --max-time after saving (GNU timeout's code for "time limit reached").
+MAX_TIME_EXIT_CODE = 124
 
 
 @dataclass
@@ -100,6 +103,7 @@ class PretrainConfig:
     log_every: int = 10
     resume: Optional[str] = None  # "latest" or a checkpoint file
     overwrite: bool = False
+    max_time: Optional[str] = None  # wall-clock limit of this process's training loop, e.g. "3h30m"
 
 
 @dataclass
@@ -108,7 +112,7 @@ class PretrainResult:
     steps_done: int
     interrupted: bool
     summary: str
-    signal_number: Optional[int] = None  # the stop signal of an interrupted run
+    exit_code: int = 0  # of an interrupted run: 128 + the stop signal's number, or 124 after --max-time
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -249,6 +253,7 @@ class InterruptFlag:
 
     def __init__(self):
         self.requested = False
+        self.timed_out = False  # set by the loop when --max-time is reached
         self.signal_number: Optional[int] = None
         self._previous = {}
 
@@ -314,6 +319,22 @@ def check_config(config: PretrainConfig) -> None:
         raise UserInputError(f"--lr must be > 0, got {config.lr}")
     if config.warmup_steps is not None and config.warmup_steps < 0:
         raise UserInputError(f"--warmup-steps must be >= 0, got {config.warmup_steps}")
+    if config.max_time is not None:
+        parse_duration(config.max_time)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "3h30m", "45m", "90s", "1h", "1.5h" or a plain number of seconds; an error names --max-time."""
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise UserInputError(f"--max-time must be a duration such as 3h30m, 45m, 90s or 600, got {text!r}")
+    hours, minutes, seconds = (float(group) if group else 0.0 for group in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise UserInputError(f"--max-time must be longer than 0, got {text!r}")
+    return total
 
 
 def pretrain(
@@ -459,8 +480,18 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             tok_s=f"{tokens_per_second:,.0f}", refresh=False,
         )
 
+    max_seconds = parse_duration(config.max_time) if config.max_time is not None else None
+    loop_start = time.monotonic()
+
+    def stop_requested(interrupt: InterruptFlag) -> bool:
+        """A signal or --max-time on any process stops every process before the same step (one collective)."""
+        if max_seconds is not None and not interrupt.requested and time.monotonic() - loop_start >= max_seconds:
+            interrupt.requested = interrupt.timed_out = True
+            log(f"--max-time {config.max_time} reached: stopping to save a checkpoint")
+        return distributed.any_rank(interrupt.requested, device)
+
     with InterruptFlag() as interrupt:
-        while step < config.steps and not distributed.any_rank(interrupt.requested, device):
+        while step < config.steps and not stop_requested(interrupt):
             step_metrics = torch.zeros(len(LOGGED), device=device)
             tokens = 0
             for micro in range(config.grad_accum):
@@ -498,7 +529,8 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
     if step < config.steps:  # stopped by a signal (on some rank)
         flush()
         log(f"interrupted at step {step}: saved {checkpoint()}; run the same command with --resume to continue")
-        return PretrainResult(output_dir, step, True, "", interrupt.signal_number or signal.SIGINT)
+        exit_code = MAX_TIME_EXIT_CODE if interrupt.timed_out else 128 + (interrupt.signal_number or signal.SIGINT)
+        return PretrainResult(output_dir, step, True, "", exit_code)
 
     flush()
     checkpoint()

@@ -155,6 +155,21 @@ def test_scheduler_signals_stop_after_the_step_with_a_checkpoint(tmp_path, token
     assert saved["step"] == steps[-1] >= 2 and steps == list(range(1, steps[-1] + 1))
 
 
+def test_max_time_saves_and_exits_124(tmp_path, tokenizer_dir, capsys):
+    from electra_fast.training import parse_duration
+
+    assert parse_duration("3h30m") == 12600 and parse_duration("45m") == 2700 and parse_duration("90s") == 90
+    assert parse_duration("600") == 600 and parse_duration("1.5h") == 5400
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "100000", "--max-time", "3s",
+                        "--log-every", "1", "--output-dir", str(tmp_path / "run"))
+    assert code == 124 and "--max-time 3s reached" in err and "interrupted at step" in err, err
+    steps = [row["step"] for row in read_metrics(tmp_path / "run")]
+    assert steps and (tmp_path / "run" / "checkpoints" / f"step-{steps[-1]:07d}.pt").is_file()
+    for bad in ("soon", "0", "3x", ""):
+        code, err = run_cli(capsys, "--max-time", bad, "--output-dir", str(tmp_path / "bad"))
+        assert code == 2 and "--max-time must be" in err, (bad, err)
+
+
 def run_cli(capsys, *arguments):
     code = cli.main(["pretrain", *SMALL, *arguments])
     return code, capsys.readouterr().err
