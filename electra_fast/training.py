@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -113,6 +114,7 @@ class PretrainResult:
     interrupted: bool
     summary: str
     exit_code: int = 0  # of an interrupted run: 128 + the stop signal's number, or 124 after --max-time
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -325,8 +327,6 @@ def check_config(config: PretrainConfig) -> None:
 
 def parse_duration(text: str) -> float:
     """Seconds in "3h30m", "45m", "90s", "1h", "1.5h" or a plain number of seconds; an error names --max-time."""
-    import re
-
     match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?\s*", text)
     if not text.strip() or match is None or not any(match.groups()):
         raise UserInputError(f"--max-time must be a duration such as 3h30m, 45m, 90s or 600, got {text!r}")
@@ -526,7 +526,7 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             if after_step is not None:
                 after_step(step)
     progress.close()
-    if step < config.steps:  # stopped by a signal (on some rank)
+    if step < config.steps:  # stopped by a signal or --max-time (on some rank)
         flush()
         log(f"interrupted at step {step}: saved {checkpoint()}; run the same command with --resume to continue")
         exit_code = MAX_TIME_EXIT_CODE if interrupt.timed_out else 128 + (interrupt.signal_number or signal.SIGINT)

@@ -5,8 +5,8 @@
 on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), so a second
 process loads it instead of compiling again. If compiling fails (no C++ compiler, an unsupported platform)
 it warns once and runs ``fn`` eagerly: the same results, only slower. ``ELECTRA_FAST_CPU_COMPILE=0``
-chooses the eager version outright. Inside an outer ``torch.compile`` the plain function is traced, so the
-whole graph is compiled together.
+chooses the eager version outright. The callers are custom ops, so an outer ``torch.compile`` never traces
+these functions: it runs the ops, and they call the separately compiled loops.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class _Compiled:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
-        if torch.compiler.is_compiling() or self.failed or not compile_enabled():
+        if self.failed or not compile_enabled():
             return self.fn(*args, **kwargs)
         # The compiled loops compute values only (their callers own the autograd): compile them without it.
         args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
