@@ -1,7 +1,7 @@
 """The tokenizer of ``electra-fast pretrain``: a local Hugging Face tokenizer, or one trained on the corpus.
 
 Without ``--tokenizer`` an uncased WordPiece tokenizer (ELECTRA's and BERT's kind) is trained on the corpus
-with the ``tokenizers`` library and saved under ``<output-dir>/tokenizer``; a later run with the same corpus
+(deterministically, by electra_fast/wordpiece.py) and saved under ``<output-dir>/tokenizer``; a later run with the same corpus
 and vocabulary size reuses it, so the default command is self-contained and trains the tokenizer once.
 """
 
@@ -17,6 +17,8 @@ from .errors import UserInputError
 REQUIRED_ROLES = {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
 TRAINED_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 FINGERPRINT_FILE = "electra_fast_tokenizer.json"
+# Recorded with a trained tokenizer; a cached one from another trainer version is trained again.
+TRAINER_VERSION = "electra_fast.wordpiece 1"
 
 
 def check_special_tokens(tokenizer, source: str) -> None:
@@ -50,18 +52,19 @@ def load_tokenizer(path: str):
 
 
 def train_wordpiece(lines: Iterable[str], vocab_size: int):
-    """Train an uncased WordPiece tokenizer (BERT normalisation and pre-tokenisation) on ``lines``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """An uncased WordPiece tokenizer (BERT normalisation and pre-tokenisation) trained on ``lines``: the same
+    lines always give the same vocabulary and ids (electra_fast/wordpiece.py)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from .wordpiece import count_words, learn_vocabulary
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    pieces = learn_vocabulary(count_words(lines, normalizer, pre_tokenizer), vocab_size, TRAINED_SPECIAL_TOKENS)
+    backend = Tokenizer(models.WordPiece({piece: index for index, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=TRAINED_SPECIAL_TOKENS, show_progress=False
-    )
-    backend.train_from_iterator(lines, trainer=trainer)
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
     return PreTrainedTokenizerFast(
@@ -81,7 +84,7 @@ def trained_tokenizer(lines: Iterable[str], vocab_size: int, cache_dir: Path, fi
         raise UserInputError(f"--vocab-size must be more than {len(TRAINED_SPECIAL_TOKENS)}, got {vocab_size}")
     from transformers import PreTrainedTokenizerFast
 
-    wanted = {"corpus": fingerprint, "vocab_size": vocab_size}
+    wanted = {"corpus": fingerprint, "vocab_size": vocab_size, "trainer": TRAINER_VERSION}
     stamp = cache_dir / FINGERPRINT_FILE
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return PreTrainedTokenizerFast.from_pretrained(str(cache_dir))

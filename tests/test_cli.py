@@ -128,6 +128,23 @@ def test_python_dash_m_smoke_run(tmp_path, tokenizer_dir):
     assert (tmp_path / "run" / "discriminator" / "model.safetensors").is_file()
 
 
+def test_two_runs_from_scratch_are_bitwise_identical(tmp_path):
+    """Same command, two fresh processes (so different hash seeds), nothing cached: the same tokenizer file and
+    the same metrics, bit for bit."""
+    command = [sys.executable, "-m", "electra_fast", "pretrain", "--steps", "3", "--vocab-size", "300",
+               "--log-every", "1", *SMALL]
+    processes = [subprocess.Popen(command + ["--output-dir", str(tmp_path / name)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in "ab"]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert (first / "tokenizer" / "tokenizer.json").read_bytes() == (second / "tokenizer" / "tokenizer.json").read_bytes()
+    without_timing = [[{key: value for key, value in row.items() if key != "tokens_per_second"}
+                       for row in read_metrics(run)] for run in (first, second)]
+    assert len(without_timing[0]) == 3 and without_timing[0] == without_timing[1]
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
 @pytest.mark.parametrize("stop_signal", ["SIGTERM", "SIGUSR1"])
 def test_scheduler_signals_stop_after_the_step_with_a_checkpoint(tmp_path, tokenizer_dir, stop_signal):
