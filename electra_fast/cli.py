@@ -47,6 +47,17 @@ def info(args) -> int:
     return 0
 
 
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states its default in words (or
+    there is none to show), so every default appears exactly once."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def add_pretrain_command(commands) -> None:
     from .presets import PRESETS
     from .pretrainer import EMBEDDING_SHARING
@@ -63,7 +74,7 @@ def add_pretrain_command(commands) -> None:
         "pretrain ...`: each process trains a DistributedDataParallel replica on every N-th batch of the same "
         "seeded stream (so a step sees N x --batch-size x --grad-accum sequences), metrics are averaged over "
         "the processes, and rank 0 alone writes metrics, checkpoints and models; --resume needs the same N.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     parser.set_defaults(handler=pretrain)
     data = parser.add_argument_group("data and tokenizer")
@@ -72,27 +83,34 @@ def add_pretrain_command(commands) -> None:
     data.add_argument("--text-field", default=defaults.text_field, help="text field of JSONL records / dataset rows")
     data.add_argument("--tokenizer", help="local Hugging Face tokenizer directory or tokenizer.json (default: "
                       "train an uncased WordPiece tokenizer on the corpus, cached in OUTPUT_DIR/tokenizer)")
-    data.add_argument("--vocab-size", type=int, help="vocabulary of the trained tokenizer (default 4000 for tiny, "
+    data.add_argument("--vocab-size", type=int, help="vocabulary of the trained tokenizer (default: 4000 for tiny, "
                       "else 30522)")
     data.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per sequence")
     data.add_argument("--shuffle-buffer", type=int, default=defaults.shuffle_buffer,
                       help="packed sequences held for shuffling a streamed corpus")
     model = parser.add_argument_group("model (preset and size overrides)")
-    model.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset)
+    model.add_argument("--preset", choices=sorted(PRESETS), default=defaults.preset,
+                       help="model size (tiny is for CPUs and tests; small, base, large are the paper's)")
     for name in ("hidden-size", "embedding-size", "num-layers", "num-heads", "generator-hidden-size"):
-        model.add_argument(f"--{name}", type=int, help="override the preset's value")
-    objective = parser.add_argument_group("objective (default: the official ELECTRA values)")
-    objective.add_argument("--mask-prob", type=float, help="fraction of tokens to corrupt (0.15; 0.25 for large)")
-    objective.add_argument("--max-predictions", type=int, help="slots per sequence (int((mask_prob + 0.005) * length))")
-    objective.add_argument("--mask-token-prob", type=float, help="chosen tokens replaced by [MASK] (0.85)")
-    objective.add_argument("--random-token-prob", type=float, help="chosen tokens replaced by a random id (0)")
-    objective.add_argument("--mode", choices=("exact", "bernoulli"), help="how positions are chosen (exact)")
-    objective.add_argument("--temperature", type=float, help="generator sampling temperature (1.0)")
+        model.add_argument(f"--{name}", type=int, help="override the preset's value (default: the preset's)")
+    objective = parser.add_argument_group("objective (defaults: the official ELECTRA values)")
+    objective.add_argument("--mask-prob", type=float,
+                           help="fraction of tokens to corrupt (default: 0.15; 0.25 for large)")
+    objective.add_argument("--max-predictions", type=int,
+                           help="slots per sequence (default: int((mask_prob + 0.005) * length))")
+    objective.add_argument("--mask-token-prob", type=float, help="chosen tokens replaced by [MASK] (default: 0.85)")
+    objective.add_argument("--random-token-prob", type=float,
+                           help="chosen tokens replaced by a random id (default: 0)")
+    objective.add_argument("--mode", choices=("exact", "bernoulli"),
+                           help="how positions are chosen (default: exact)")
+    objective.add_argument("--temperature", type=float, help="generator sampling temperature (default: 1.0)")
     objective.add_argument("--disallow-correct", action="store_true", default=None,
-                           help="never sample the original token")
-    objective.add_argument("--gen-weight", type=float, help="weight of the MLM loss (1)")
-    objective.add_argument("--disc-weight", type=float, help="weight of the RTD loss (50)")
-    objective.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING, help="(tied)")
+                           help="never sample the original token (default: off)")
+    objective.add_argument("--gen-weight", type=float, help="weight of the MLM loss (default: 1)")
+    objective.add_argument("--disc-weight", type=float, help="weight of the RTD loss (default: 50)")
+    objective.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING,
+                           help="generator/discriminator embeddings: tied (official), gdes (DeBERTa-v3) or none "
+                           "(default: tied)")
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     training.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per micro-batch")
@@ -100,7 +118,7 @@ def add_pretrain_command(commands) -> None:
                           help="micro-batches per optimiser step")
     training.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     training.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 10%% of --steps)")
-    training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    training.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     training.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm, help="gradient clipping")
     training.add_argument("--device", default=defaults.device,
                           help="auto, cpu or cuda[:N] (under torchrun a CUDA run uses cuda:LOCAL_RANK)")
@@ -108,15 +126,32 @@ def add_pretrain_command(commands) -> None:
                           help="auto = bf16 autocast on a GPU that has it, else fp32")
     training.add_argument("--backend", choices=("auto", "triton", "reference"), default="auto",
                           help="run the ops as Triton kernels or the PyTorch reference (auto: kernels where they run)")
-    training.add_argument("--seed", type=int, default=defaults.seed)
+    training.add_argument("--seed", type=int, default=defaults.seed,
+                          help="seeds the data order, masks, samples, dropout and initial weights: the same seed "
+                          "gives the same run")
+    training.add_argument("--max-bad-steps", type=int, default=defaults.max_bad_steps,
+                          help="a step whose loss or gradient is not finite is skipped; this many in a row stop the "
+                          "run (exit code 3), keeping the checkpoints saved before")
+    evaluation = parser.add_argument_group("evaluation on held-out documents")
+    evaluation.add_argument("--eval-fraction", type=float, default=defaults.eval_fraction,
+                            help="fraction of the documents held out from training (chosen by a hash of their "
+                            "text; 0: no evaluation)")
+    evaluation.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                            help="evaluate every N steps (and at step 0 and at the end): discriminator ROC AUC and "
+                            "balanced accuracy on the generator's and on random replacements, generator MLM "
+                            "accuracy and loss, as eval_* rows of metrics.jsonl")
+    evaluation.add_argument("--eval-sequences", type=int, default=defaults.eval_sequences,
+                            help="held-out sequences evaluated")
     run = parser.add_argument_group("output and checkpoints")
-    run.add_argument("--output-dir", default=defaults.output_dir)
-    run.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps")
+    run.add_argument("--output-dir", default=defaults.output_dir, help="where everything is written")
+    run.add_argument("--save-every", type=int,
+                     help="checkpoint every N steps (default: a fifth of --steps, at most 1000)")
     run.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, help="keep the last K")
     run.add_argument("--log-every", type=int, default=defaults.log_every,
                      help="write metrics every N steps (one device synchronisation each time)")
     run.add_argument("--resume", nargs="?", const="latest",
-                     help="continue from the latest checkpoint in --output-dir, or from the given file")
+                     help="continue from the latest checkpoint in --output-dir that loads (a damaged newer one is "
+                     "reported and skipped), or from the given file")
     run.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
     run.add_argument("--max-time", help="wall-clock limit of the training loop, e.g. 3h30m, 45m or 90s: then save a "
                      "checkpoint and exit with code 124 (--resume continues); SIGTERM and SIGUSR1 also save, exiting "

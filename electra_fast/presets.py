@@ -24,8 +24,10 @@ class Preset:
 
 
 PRESETS = {
-    # A couple of narrow layers: trains in minutes on a CPU (tests, the README's demo run).
-    "tiny": Preset(128, 64, 2, 2, 64, 0.15, 1e-3, max_position_embeddings=256),
+    # A couple of narrow layers: trains in minutes on a CPU (tests, the README's demo run). Its learning rate is
+    # small's: at 1e-3 the README's 300-step run collapsed its discriminator to a constant by step 200 (held-out
+    # ROC AUC 0.87 at step 100, then 0.50, RTD loss at the base rate's entropy); at 5e-4 it holds 0.87.
+    "tiny": Preset(128, 64, 2, 2, 64, 0.15, 5e-4, max_position_embeddings=256),
     "small": Preset(256, 128, 12, 4, 64, 0.15, 5e-4),
     "base": Preset(768, 768, 12, 12, 256, 0.15, 2e-4),
     "large": Preset(1024, 1024, 24, 16, 256, 0.25, 2e-4),

@@ -6,12 +6,14 @@ clip the gradient norm to 1.0 and step AdamW and the linear schedule. Along the 
 
 * a tqdm bar shows loss, MLM, RTD, generator/discriminator accuracy, tokens/s and the ETA;
 * ``metrics.jsonl`` gets one line per step (read back by ``--resume`` and by the final plot);
-* every ``save_every`` steps, on Ctrl-C, SIGTERM or SIGUSR1 (after the step) and at the end,
-  ``checkpoints/step-XXXXXXX.pt`` is written atomically (temporary file, then ``os.replace``; the last
-  ``keep_checkpoints`` are kept) with the model, optimiser, scheduler, grad scaler, data position, RNG states
-  and step, so ``--resume`` continues exactly;
+* ``eval_fraction`` of the documents are held out; at step 0, every ``eval_every`` steps and at the end the
+  models are measured on them (electra_fast/evaluation.py);
+* a step whose loss or gradient is not finite is skipped (no update) and logged; ``max_bad_steps`` of them in
+  a row stop the run, keeping the checkpoints it has;
+* every ``save_every`` steps, on Ctrl-C, SIGTERM or SIGUSR1 (after the step), after ``--max-time`` and at the
+  end, a checkpoint is written (electra_fast/checkpoints.py), so ``--resume`` continues exactly;
 * at the end: ``discriminator/`` (loadable by ``ElectraForSequenceClassification.from_pretrained``),
-  ``generator/``, both with the tokenizer, ``loss.png`` and ``summary.txt``.
+  ``generator/``, both with the tokenizer, ``loss.png`` and ``summary.txt`` (electra_fast/run_report.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import signal
 import sys
@@ -33,16 +34,18 @@ import torch
 
 from . import distributed
 from .backend import requested_backend, triton_can_run, use_cpu_path
+from .checkpoints import checkpoint_files, newest_checkpoint, restore_rng_states, resume_state, rng_states, save_checkpoint
 from .cpu.compiler import compile_enabled
 from .data import PretrainingBatches, open_corpus
 from .errors import UserInputError
+from .evaluation import SplitCorpus, evaluate, evaluation_batches
 from .optim import build_optimizer_and_scheduler
 from .presets import get_preset
 from .pretrainer import ElectraPretrainer
+from .run_report import plot_losses, summarize
 from .tokenizer import line_encoder, prepare_tokenizer, special_token_ids
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 LOGGED = ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "replaced_fraction")
 SIZE_FIELDS = ("hidden_size", "embedding_size", "num_layers", "num_heads", "generator_hidden_size")
@@ -52,9 +55,11 @@ OBJECTIVE_FIELDS = (
 )
 # Settings a resumed run may change; every other setting must match the checkpoint.
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device",
-                     "max_time"}
+                     "max_time", "eval_every", "eval_sequences", "max_bad_steps"}
 # Exit code of a run stopped by --max-time after saving (GNU timeout's code for "time limit reached").
 MAX_TIME_EXIT_CODE = 124
+# Exit code of a run stopped by --max-bad-steps consecutive non-finite steps (nothing saved after them).
+DIVERGED_EXIT_CODE = 3
 
 
 @dataclass
@@ -98,13 +103,18 @@ class PretrainConfig:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
+    # evaluation on held-out documents
+    eval_fraction: float = 0.05
+    eval_every: int = 100
+    eval_sequences: int = 256
     # bookkeeping
-    save_every: int = 1000
+    save_every: Optional[int] = None  # default: a fifth of the steps, at most 1000
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: Optional[str] = None  # "latest" or a checkpoint file
     overwrite: bool = False
     max_time: Optional[str] = None  # wall-clock limit of this process's training loop, e.g. "3h30m"
+    max_bad_steps: int = 5  # consecutive steps with a non-finite loss or gradient that stop the run
 
 
 @dataclass
@@ -113,7 +123,7 @@ class PretrainResult:
     steps_done: int
     interrupted: bool
     summary: str
-    exit_code: int = 0  # of an interrupted run: 128 + the stop signal's number, or 124 after --max-time
+    exit_code: int = 0  # of an interrupted run: 128 + the stop signal's number, 124 after --max-time, 3 diverged
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -158,6 +168,8 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
 
 def prepare_output_dir(path: Path) -> None:
     """Create the output directory and prove it is writable before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"--output-dir {path} is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -167,52 +179,33 @@ def prepare_output_dir(path: Path) -> None:
         raise UserInputError(f"--output-dir {path} cannot be written: {error.strerror or error}") from None
 
 
-def checkpoint_files(output_dir: Path) -> list:
-    """Complete checkpoints, oldest first (temporary files of an interrupted save are ignored)."""
-    return sorted((output_dir / CHECKPOINT_DIR).glob("step-*.pt"))
+def first_missing_directory(path: Path) -> Optional[Path]:
+    """The outermost directory of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
-def save_checkpoint(output_dir: Path, state: dict, keep: int) -> Path:
-    """Write ``state`` atomically to checkpoints/step-XXXXXXX.pt and keep only the newest ``keep``."""
-    directory = output_dir / CHECKPOINT_DIR
-    directory.mkdir(exist_ok=True)
-    final = directory / f"step-{state['step']:07d}.pt"
-    temporary = directory / f".{final.name}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, final)
-    for old in checkpoint_files(output_dir)[:-keep]:
-        old.unlink()
-    return final
-
-
-def rng_states() -> dict:
-    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if distributed.is_distributed() and torch.cuda.is_available():
-        states["cuda_current_device"] = torch.cuda.get_rng_state()  # a process under torchrun has one GPU
-    elif torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    if "cuda_current_device" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda_current_device"])
-
-
-def find_resume_checkpoint(config: PretrainConfig, output_dir: Path) -> Path:
-    if config.resume != "latest":
-        path = Path(config.resume).expanduser()
-        if not path.is_file():
-            raise UserInputError(f"--resume {config.resume}: no such checkpoint file")
-        return path
-    checkpoints = checkpoint_files(output_dir)
-    if not checkpoints:
-        raise UserInputError(f"--resume: no checkpoint in {output_dir / CHECKPOINT_DIR} to resume from")
-    return checkpoints[-1]
+def remove_empty_directories(path: Path, top: Path) -> None:
+    """Remove ``path``'s empty subdirectories, then ``path`` and its parents up to ``top`` while empty: what a
+    failed run created and left unused."""
+    if not path.is_dir():
+        return
+    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # not empty
+    for directory in [path, *path.parents]:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        if directory == top:
+            return
 
 
 def check_same_run(config: PretrainConfig, saved: dict, path: Path) -> None:
@@ -312,8 +305,11 @@ def build_pretrainer(config: PretrainConfig, tokenizer) -> ElectraPretrainer:
 
 def check_config(config: PretrainConfig) -> None:
     positive = {"steps": config.steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-                "save_every": config.save_every, "keep_checkpoints": config.keep_checkpoints,
-                "log_every": config.log_every}
+                "keep_checkpoints": config.keep_checkpoints, "log_every": config.log_every,
+                "eval_every": config.eval_every, "eval_sequences": config.eval_sequences,
+                "max_bad_steps": config.max_bad_steps}
+    if config.save_every is not None:
+        positive["save_every"] = config.save_every
     for name, value in positive.items():
         if value < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -321,8 +317,15 @@ def check_config(config: PretrainConfig) -> None:
         raise UserInputError(f"--lr must be > 0, got {config.lr}")
     if config.warmup_steps is not None and config.warmup_steps < 0:
         raise UserInputError(f"--warmup-steps must be >= 0, got {config.warmup_steps}")
+    if not 0 <= config.eval_fraction < 1:
+        raise UserInputError(f"--eval-fraction must be in [0, 1) (0: no evaluation), got {config.eval_fraction}")
     if config.max_time is not None:
         parse_duration(config.max_time)
+
+
+def save_interval(config: PretrainConfig) -> int:
+    """--save-every, by default a fifth of the steps (at most 1000), so that even a short run saves."""
+    return config.save_every if config.save_every is not None else max(1, min(1000, config.steps // 5))
 
 
 def parse_duration(text: str) -> float:
@@ -347,10 +350,18 @@ def pretrain(
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a DistributedDataParallel replica on its own
     share of the batches; rank 0 alone writes files and messages (see electra_fast/distributed.py)."""
+    output_dir = Path(config.output_dir).expanduser()
+    created = first_missing_directory(output_dir)
     try:
         return train_this_process(config, after_step, log)
+    except BaseException:
+        if created is not None and distributed.is_main_process():
+            remove_empty_directories(output_dir, created)  # a failed run leaves no empty folders behind
+        raise
     finally:
         distributed.teardown()
+
+
 
 
 def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResult:
@@ -365,7 +376,11 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             f"--backend triton cannot run on {device}: the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 "
             "for the slow interpreter on the CPU); use --backend auto"
         )
-    resume_path = find_resume_checkpoint(config, output_dir) if config.resume is not None else None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserInputError(f"--output-dir {output_dir} is a file, not a directory")
+    resume_path, state = resume_state(config.resume, output_dir, log) if config.resume is not None else (None, None)
+    if state is not None:
+        check_same_run(config, state["config"], resume_path)
     distributed.setup(device)
     main_process = distributed.is_main_process()
     if main_process:
@@ -400,20 +415,26 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         model, lr=lr, warmup_steps=warmup, total_steps=config.steps, weight_decay=config.weight_decay
     )
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    batches = PretrainingBatches(
-        corpus, line_encoder(tokenizer), max_length=config.max_length, batch_size=config.batch_size,
-        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id,
-        seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-    )
+    packing = dict(max_length=config.max_length, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
+                   pad_id=tokenizer.pad_token_id, seed=config.seed)
+    evaluating = config.eval_fraction > 0
+    training_corpus = SplitCorpus(corpus, config.eval_fraction, held_out=False) if evaluating else corpus
+    batches = PretrainingBatches(training_corpus, line_encoder(tokenizer), batch_size=config.batch_size,
+                                 shuffle_buffer=config.shuffle_buffer, **packing)
+    held_out_batches = []
+    if evaluating and main_process:
+        held_out_batches = evaluation_batches(corpus, line_encoder(tokenizer), fraction=config.eval_fraction,
+                                              sequences=config.eval_sequences, batch_size=config.batch_size,
+                                              **packing)
+        if not held_out_batches:
+            log(f"--eval-fraction {config.eval_fraction} holds out no document of this small corpus: no evaluation")
+    eval_sequences = sum(len(batch["input_ids"]) for batch in held_out_batches)
 
     step = 0
-    if resume_path is not None:
-        path = resume_path
-        state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
-        check_same_run(config, state["config"], path)
+    if state is not None:
         if state.get("world_size", 1) != distributed.world_size():
             raise UserInputError(
-                f"cannot resume from {path}: it was trained by {state.get('world_size', 1)} processes, now "
+                f"cannot resume from {resume_path}: it was trained by {state.get('world_size', 1)} processes, now "
                 f"{distributed.world_size()} (the data split and the RNG states depend on it)"
             )
         model.load_state_dict(state["model"])
@@ -428,27 +449,49 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
                 "now decays to 0 at the new last step, so the run is no longer the one it would have been")
         if main_process:
             keep_metrics_up_to(metrics_path, step)
-        log(f"resumed from {path} at step {step}")
+        log(f"resumed from {resume_path} at step {step}")
+        del state
 
     def checkpoint() -> Optional[Path]:
         """Rank 0 saves (with every process's RNG states under torchrun); the others wait for it."""
         rng = distributed.gather_objects(rng_states()) if distributed.is_distributed() else rng_states()
         path = None
         if main_process:
-            state = {
+            saved = {
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "data": batches.state_dict(),
                 "rng": rng, "config": dataclasses.asdict(config), "world_size": distributed.world_size(),
             }
-            path = save_checkpoint(output_dir, state, config.keep_checkpoints)
+            path = save_checkpoint(output_dir, saved, config.keep_checkpoints)
         distributed.barrier()
         return path
+
+    def append_metrics(records: list) -> None:
+        with open(metrics_path, "a") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+
+    def evaluate_now() -> None:
+        """Rank 0 measures the held-out split and logs it as an ``eval_*`` row; the others wait."""
+        if held_out_batches:
+            results = evaluate(model, held_out_batches, device, autocast_dtype, config.seed)
+            append_metrics([{"step": step, **results, "eval_sequences": eval_sequences}])
+
+            def shown(value):
+                return "n/a" if value is None else f"{value:.3f}"
+
+            tqdm.write(f"held-out at step {step}: discriminator ROC AUC {shown(results['eval_rtd_auc'])} "
+                       f"(random replacements {shown(results['eval_random_auc'])}), generator MLM accuracy "
+                       f"{shown(results['eval_mlm_accuracy'])}", file=sys.stderr)
+        distributed.barrier()
 
     model.train()
     if use_cpu_path(device) and not triton_can_run(device) and compile_enabled():
         log("the first steps compile the CPU path's fused loops (tens of seconds, the first time on a machine; "
             "later runs load them from torch.compile's cache)")
-    pending: list = []  # (step, metrics tensor on device, tokens, lr) not yet written: one sync per flush
+    if evaluating and step == 0:
+        evaluate_now()  # the untrained baseline
+    pending: list = []  # (step, metrics tensor on device, tokens, lr, skipped) not yet written: one sync per flush
     last_flush = time.perf_counter()
     progress = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
                     disable=not main_process)
@@ -459,20 +502,20 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             return
         now = time.perf_counter()
         # under torchrun: the metrics averaged over the processes and the tokens of all of them
-        values = distributed.mean_across_ranks(torch.stack([metrics for _, metrics, _, _ in pending])).tolist()
-        step_tokens = torch.tensor([tokens for _, _, tokens, _ in pending], device=device)
-        step_tokens = distributed.sum_across_ranks(step_tokens).tolist()
+        values = distributed.mean_across_ranks(torch.stack([row[1] for row in pending])).tolist()
+        step_tokens = distributed.sum_across_ranks(torch.tensor([row[2] for row in pending], device=device)).tolist()
         tokens_per_second = sum(step_tokens) / max(now - last_flush, 1e-9)
-        pending_rows = [(at_step, tokens, step_lr) for (at_step, _, _, step_lr), tokens in zip(pending, step_tokens)]
+        rows = [(at_step, tokens, step_lr, skipped) for (at_step, _, _, step_lr, skipped), tokens
+                in zip(pending, step_tokens)]
         pending.clear()
         last_flush = now
         if not main_process:
             return
-        with open(metrics_path, "a") as handle:
-            for (at_step, tokens, step_lr), row in zip(pending_rows, values):
-                record = {"step": at_step, **dict(zip(LOGGED + ("grad_norm",), row)), "lr": step_lr,
-                          "tokens": tokens, "tokens_per_second": tokens_per_second}
-                handle.write(json.dumps(record) + "\n")
+        append_metrics([
+            {"step": at_step, **dict(zip(LOGGED + ("grad_norm",), row)), "lr": step_lr, "tokens": tokens,
+             "tokens_per_second": tokens_per_second, "skipped": skipped}
+            for (at_step, tokens, step_lr, skipped), row in zip(rows, values)
+        ])
         last = dict(zip(LOGGED, values[-1]))
         progress.set_postfix(
             loss=f"{last['loss']:.3f}", mlm=f"{last['mlm_loss']:.3f}", rtd=f"{last['rtd_loss']:.3f}",
@@ -482,6 +525,8 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
 
     max_seconds = parse_duration(config.max_time) if config.max_time is not None else None
     loop_start = time.monotonic()
+    save_every = save_interval(config)
+    bad_in_a_row = 0
 
     def stop_requested(interrupt: InterruptFlag) -> bool:
         """A signal or --max-time on any process stops every process before the same step (one collective)."""
@@ -491,7 +536,7 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         return distributed.any_rank(interrupt.requested, device)
 
     with InterruptFlag() as interrupt:
-        while step < config.steps and not stop_requested(interrupt):
+        while step < config.steps and bad_in_a_row < config.max_bad_steps and not stop_requested(interrupt):
             step_metrics = torch.zeros(len(LOGGED), device=device)
             tokens = 0
             for micro in range(config.grad_accum):
@@ -511,29 +556,53 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             step_lr = scheduler.get_last_lr()[0]
-            scaler.step(optimizer)
+            # A non-finite loss (or, without fp16's grad scaler, which skips those itself, a non-finite gradient)
+            # skips the update. Deciding it costs one device synchronisation per step.
+            finite = torch.isfinite(step_metrics[0])
+            if not scaler.is_enabled():
+                finite = finite & torch.isfinite(grad_norm)
+            skipped = distributed.any_rank(not bool(finite), device)
+            if skipped:
+                bad_in_a_row += 1
+            else:
+                bad_in_a_row = 0
+                scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            pending.append((step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None]]), tokens, step_lr))
+            pending.append((step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None]]), tokens,
+                            step_lr, skipped))
             progress.update(1)
-            if step % config.log_every == 0 or step == config.steps:
+            if skipped:
+                tqdm.write(f"step {step}: the loss or gradient is not finite; the step was skipped "
+                           f"({bad_in_a_row} in a row, the run stops at {config.max_bad_steps})", file=sys.stderr)
+            if step % config.log_every == 0 or step == config.steps or skipped:
                 flush()
-            if step % config.save_every == 0 and step < config.steps:
+            if evaluating and step % config.eval_every == 0 and step < config.steps:
+                flush()
+                evaluate_now()
+            if step % save_every == 0 and step < config.steps and not skipped:
                 flush()
                 checkpoint()
             if after_step is not None:
                 after_step(step)
     progress.close()
+    flush()
+    if bad_in_a_row >= config.max_bad_steps:
+        newest = newest_checkpoint(output_dir)
+        kept = f"the last good checkpoint is {newest}" if newest else "no checkpoint was saved before"
+        log(f"stopped at step {step}: {bad_in_a_row} steps in a row had a non-finite loss or gradient; {kept} "
+            "(lower --lr, raise --warmup-steps or check the data, then --resume from it)")
+        return PretrainResult(output_dir, step, True, "", DIVERGED_EXIT_CODE)
     if step < config.steps:  # stopped by a signal or --max-time (on some rank)
-        flush()
         log(f"interrupted at step {step}: saved {checkpoint()}; run the same command with --resume to continue")
         exit_code = MAX_TIME_EXIT_CODE if interrupt.timed_out else 128 + (interrupt.signal_number or signal.SIGINT)
         return PretrainResult(output_dir, step, True, "", exit_code)
 
-    flush()
     checkpoint()
+    if evaluating:
+        evaluate_now()  # the final model
     if not main_process:
         distributed.barrier()  # until rank 0 has saved the models
         return PretrainResult(output_dir, step, False, "")
@@ -544,72 +613,15 @@ def train_this_process(config: PretrainConfig, after_step, log) -> PretrainResul
         tokenizer.save_pretrained(str(output_dir / part))
     metrics = read_metrics(metrics_path)
     plot_losses(metrics, output_dir / "loss.png")
-    summary = summarize(config, model, metrics, output_dir, device, autocast_dtype)
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[autocast_dtype]
+    processes = distributed.world_size()
+    summary = summarize(
+        preset=config.preset, sequences_per_step=processes * config.batch_size * config.grad_accum,
+        max_length=config.max_length, generator_parameters=sum(p.numel() for p in model.generator.parameters()),
+        discriminator_parameters=sum(p.numel() for p in model.discriminator.parameters()), metrics=metrics,
+        placement=f"{processes} processes ({device.type}, DDP)" if processes > 1 else str(device),
+        precision=precision, output_dir=output_dir, metrics_file=METRICS_FILE, eval_sequences=eval_sequences,
+    )
     (output_dir / "summary.txt").write_text(summary + "\n")
     distributed.barrier()
     return PretrainResult(output_dir, step, False, summary)
-
-
-# --------------------------------------------------------------------------------------------- reporting
-
-
-def window_mean(metrics: list, key: str, first: bool) -> float:
-    """Mean of ``key`` over the first (or last) tenth of the steps, at least one step: a stable start/end."""
-    width = max(1, len(metrics) // 10)
-    rows = metrics[:width] if first else metrics[-width:]
-    return sum(row[key] for row in rows) / len(rows)
-
-
-def plot_losses(metrics: list, path: Path) -> None:
-    """Loss, MLM and RTD curves (raw and smoothed) plus the two accuracies, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [row["step"] for row in metrics]
-    panels = [("loss", "total loss"), ("mlm_loss", "generator MLM loss"), ("rtd_loss", "discriminator RTD loss"),
-              ("accuracy", "accuracy")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    smoothing = max(1, len(metrics) // 30)
-    for axis, (key, title) in zip(axes, panels):
-        keys = ["generator_accuracy", "discriminator_accuracy"] if key == "accuracy" else [key]
-        for name in keys:
-            values = [row[name] for row in metrics]
-            smoothed = [sum(values[max(0, i - smoothing + 1): i + 1]) / len(values[max(0, i - smoothing + 1): i + 1])
-                        for i in range(len(values))]
-            line, = axis.plot(steps, smoothed, label=name.replace("_", " "))
-            axis.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        axis.set_title(title)
-        axis.set_xlabel("step")
-        if key == "accuracy":
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def summarize(config, model, metrics, output_dir, device, autocast_dtype) -> str:
-    generator_parameters = sum(p.numel() for p in model.generator.parameters())
-    discriminator_parameters = sum(p.numel() for p in model.discriminator.parameters())
-    tokens = sum(row["tokens"] for row in metrics)
-    throughput = [row["tokens_per_second"] for row in metrics]
-    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[autocast_dtype]
-    processes = distributed.world_size()
-    placement = f"{processes} processes ({device.type}, DDP)" if processes > 1 else str(device)
-
-    def change(key: str) -> str:
-        return f"{window_mean(metrics, key, True):.3f} -> {window_mean(metrics, key, False):.3f}"
-
-    return (
-        f"Pre-trained ELECTRA-{config.preset} (discriminator {discriminator_parameters / 1e6:.2f} M parameters, "
-        f"generator {generator_parameters / 1e6:.2f} M, embeddings shared) for {len(metrics)} steps of "
-        f"{processes * config.batch_size * config.grad_accum} sequences x {config.max_length} tokens "
-        f"({tokens / 1e6:.2f} M real tokens) on {placement} in {precision} at about "
-        f"{sorted(throughput)[len(throughput) // 2]:,.0f} tokens/s. "
-        f"Loss (mean of the first and last tenth of the steps) went {change('loss')}: generator MLM "
-        f"{change('mlm_loss')}, discriminator RTD {change('rtd_loss')}; generator accuracy "
-        f"{change('generator_accuracy')}, discriminator accuracy {change('discriminator_accuracy')}. "
-        f"The discriminator (for fine-tuning) is in {output_dir / 'discriminator'}, the generator in "
-        f"{output_dir / 'generator'}, metrics in {output_dir / METRICS_FILE}, curves in {output_dir / 'loss.png'}."
-    )

@@ -18,7 +18,8 @@ from electra_fast.training import PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for a 2-core CPU: the reference ops (the kernels have their own tests), 32-token sequences.
-SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--backend", "reference"]
+SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--backend", "reference",
+         "--eval-sequences", "16"]
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +36,13 @@ def tokenizer_dir(default_run):
     return default_run / "tokenizer"
 
 
-def read_metrics(output_dir):
+def read_all_metrics(output_dir):
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_metrics(output_dir):
+    """The training steps' rows (without the held-out evaluations' eval_* rows)."""
+    return [row for row in read_all_metrics(output_dir) if "loss" in row]
 
 
 def test_default_command_writes_everything(default_run, capsys):
@@ -50,9 +56,17 @@ def test_default_command_writes_everything(default_run, capsys):
         assert row["loss"] == pytest.approx(row["mlm_loss"] + 50 * row["rtd_loss"], rel=1e-5)
         assert 0 <= row["generator_accuracy"] <= 1 and 0 <= row["discriminator_accuracy"] <= 1
         assert row["tokens"] > 0
-    assert [p.name for p in sorted((default_run / "checkpoints").glob("*.pt"))] == ["step-0000004.pt"]
+    # --save-every defaults to a fifth of the steps (at least 1): a short run saves along the way.
+    assert [p.name for p in sorted((default_run / "checkpoints").glob("*.pt"))] == [
+        "step-0000002.pt", "step-0000003.pt", "step-0000004.pt"]
+    evaluations = [row for row in read_all_metrics(default_run) if "eval_rtd_auc" in row]
+    assert [row["step"] for row in evaluations] == [0, 4]  # the untrained baseline and the end
+    for row in evaluations:
+        assert row["eval_sequences"] == 16 and 0 <= row["eval_mlm_accuracy"] <= 1 and row["eval_mlm_loss"] > 0
+        for key in ("eval_rtd_auc", "eval_rtd_balanced_accuracy", "eval_random_auc", "eval_random_balanced_accuracy"):
+            assert 0 <= row[key] <= 1, key
     summary = (default_run / "summary.txt").read_text()
-    assert "ELECTRA-tiny" in summary and "4 steps" in summary
+    assert "ELECTRA-tiny" in summary and "4 steps" in summary and "On 16 held-out sequences, from step 0" in summary
     assert (default_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -84,7 +98,7 @@ def test_checkpoints_load_in_transformers(default_run):
 def small_config(output_dir, tokenizer_dir, **changes):
     config = PretrainConfig(output_dir=str(output_dir), tokenizer=str(tokenizer_dir), max_length=32, batch_size=3,
                             grad_accum=2, steps=6, save_every=2, keep_checkpoints=2, warmup_steps=2,
-                            shuffle_buffer=64)
+                            shuffle_buffer=64, eval_every=2, eval_sequences=6)
     return dataclasses.replace(config, **changes)
 
 
@@ -107,6 +121,11 @@ def test_interrupted_and_resumed_run_logs_the_same_losses(tmp_path, tokenizer_di
                 "tokens"):
         assert [row[key] for row in resumed] == [row[key] for row in straight], key
     assert len({row["loss"] for row in straight}) == 6  # the steps differ: the comparison means something
+    # Evaluating does not disturb the run, and the resumed run evaluates at the same steps with the same results.
+    assert read_all_metrics(tmp_path / "resumed") == [
+        {**row, "tokens_per_second": row_resumed["tokens_per_second"]} if "tokens_per_second" in row else row
+        for row, row_resumed in zip(read_all_metrics(tmp_path / "straight"), read_all_metrics(tmp_path / "resumed"))]
+    assert [row["step"] for row in read_all_metrics(tmp_path / "straight") if "eval_rtd_auc" in row] == [0, 2, 4, 6]
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
         "step-0000004.pt", "step-0000006.pt"]
     from safetensors.torch import load_file
@@ -141,8 +160,9 @@ def test_two_runs_from_scratch_are_bitwise_identical(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert (first / "tokenizer" / "tokenizer.json").read_bytes() == (second / "tokenizer" / "tokenizer.json").read_bytes()
     without_timing = [[{key: value for key, value in row.items() if key != "tokens_per_second"}
-                       for row in read_metrics(run)] for run in (first, second)]
-    assert len(without_timing[0]) == 3 and without_timing[0] == without_timing[1]
+                       for row in read_all_metrics(run)] for run in (first, second)]
+    assert [row["step"] for row in without_timing[0]] == [0, 1, 2, 3, 3]  # evaluations at 0 and the end
+    assert without_timing[0] == without_timing[1]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
@@ -199,6 +219,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer_dir, default_run, caps
         (["--tokenizer", str(tmp_path / "no-tokenizer")], "--tokenizer .*: no such file or directory"),
         ([*tokenizer, "--max-length", "300"], "--max-length 300 is above the 256 position embeddings"),
         ([*tokenizer, "--output-dir", str(tmp_path / "a-file" / "run")], "--output-dir .* cannot be written"),
+        ([*tokenizer, "--output-dir", str(tmp_path / "a-file")], "--output-dir .*a-file is a file, not a directory"),
+        ([*tokenizer, "--eval-fraction", "1"], r"--eval-fraction must be in \[0, 1\)"),
+        ([*tokenizer, "--max-bad-steps", "0"], "--max-bad-steps must be at least 1"),
         ([*tokenizer, "--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a CUDA device"),
         ([*tokenizer, "--steps", "0"], "--steps must be at least 1"),
         ([*tokenizer, "--output-dir", str(default_run)], "already holds a run; pass --resume"),
@@ -212,6 +235,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer_dir, default_run, caps
         assert code == 2, arguments
         assert err.startswith("electra-fast pretrain: error: ") and len(err.strip().splitlines()) == 1, err
         assert re.search(message, err), (message, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "fresh").exists()  # no empty folders left behind
 
 
 def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monkeypatch):
@@ -224,3 +248,109 @@ def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monk
         code, err = run_cli(capsys, "--output-dir", str(output_dir), *arguments)
         assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
         assert not (output_dir / "tokenizer").exists()
+
+
+def poison_losses(monkeypatch, bad_steps):
+    """Make the pre-trainer's loss NaN in the training forwards of ``bad_steps`` (1-based; one micro-batch each)."""
+    from electra_fast.pretrainer import ElectraPretrainer
+
+    forward = ElectraPretrainer.forward
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if not self.training:
+            return out  # held-out evaluation
+        calls.append(None)
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if len(calls) in bad_steps else out
+
+    monkeypatch.setattr(ElectraPretrainer, "forward", poisoned)
+
+
+def test_a_non_finite_loss_skips_the_step(tmp_path, tokenizer_dir, monkeypatch):
+    poison_losses(monkeypatch, {3})
+    from electra_fast.pretrainer import ElectraPretrainer
+
+    models, snapshots = [], {}
+    init = ElectraPretrainer.__init__
+
+    def keep_model(self, *args, **kwargs):  # to look at the weights after each step
+        init(self, *args, **kwargs)
+        models.append(self)
+
+    def remember(step):
+        snapshots[step] = {name: p.detach().clone() for name, p in models[0].named_parameters()}
+
+    monkeypatch.setattr(ElectraPretrainer, "__init__", keep_model)
+    config = small_config(tmp_path / "run", tokenizer_dir, grad_accum=1, steps=5, eval_fraction=0)
+    with use_backend("reference"):
+        result = pretrain(config, after_step=remember, log=lambda message: None)
+    assert not result.interrupted and result.steps_done == 5
+    rows = read_metrics(tmp_path / "run")
+    assert [row["skipped"] for row in rows] == [False, False, True, False, False]
+    assert rows[2]["loss"] != rows[2]["loss"]  # NaN, logged as it was
+    unchanged = all(torch.equal(snapshots[2][name], snapshots[3][name]) for name in snapshots[2])
+    moved = any(not torch.equal(snapshots[3][name], snapshots[4][name]) for name in snapshots[3])
+    assert unchanged and moved  # the bad step did not update the weights; the next one did
+    assert "1 steps were skipped" in (tmp_path / "run" / "summary.txt").read_text()
+
+
+def test_consecutive_bad_steps_stop_the_run_keeping_the_good_checkpoint(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    poison_losses(monkeypatch, set(range(3, 100)))
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "10", "--save-every", "2",
+                        "--max-bad-steps", "3", "--eval-fraction", "0", "--output-dir", str(tmp_path / "run"))
+    assert code == 3, err
+    assert "stopped at step 5: 3 steps in a row had a non-finite loss or gradient" in err
+    assert "the last good checkpoint is" in err and "step-0000002.pt" in err
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))] == ["step-0000002.pt"]
+    assert [row["skipped"] for row in read_metrics(tmp_path / "run")] == [False, False, True, True, True]
+    assert not (tmp_path / "run" / "discriminator").exists()
+
+
+def test_a_damaged_checkpoint_is_named_and_resume_latest_falls_back(tmp_path, tokenizer_dir, capsys):
+    output_dir = tmp_path / "run"
+    with use_backend("reference"):
+        pretrain(small_config(output_dir, tokenizer_dir, keep_checkpoints=3, eval_fraction=0), log=lambda m: None)
+    newest = output_dir / "checkpoints" / "step-0000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
+    with use_backend("reference"):
+        messages = []
+        result = pretrain(small_config(output_dir, tokenizer_dir, keep_checkpoints=3, eval_fraction=0, steps=8,
+                                       resume="latest"), log=messages.append)
+    assert not result.interrupted and result.steps_done == 8
+    assert any(f"checkpoint {newest} cannot be loaded" in m and "trying an older checkpoint" in m for m in messages)
+    assert any("resumed from" in m and "step-0000004.pt at step 4" in m for m in messages), messages
+    assert [row["step"] for row in read_metrics(output_dir)] == list(range(1, 9))
+    # A named checkpoint that does not load is an error naming it; so is a folder where none loads.
+    (output_dir / "checkpoints" / "step-0000008.pt").write_bytes(b"garbage")
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--output-dir", str(output_dir),
+                        "--resume", str(output_dir / "checkpoints" / "step-0000008.pt"))
+    assert code == 2 and "checkpoint" in err and "step-0000008.pt cannot be loaded" in err, err
+    for path in (output_dir / "checkpoints").glob("*.pt"):
+        path.write_bytes(b"")
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--output-dir", str(output_dir), "--resume")
+    assert code == 2 and "--resume latest: no checkpoint in" in err and "can be loaded" in err, err
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    entries = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    entries = [entry.split("\n\n")[0] for entry in entries]  # without the next group's heading
+    options = {entry.split()[0]: " ".join(entry.split()) for entry in entries if entry.strip().startswith("--")}
+    assert len(options) > 30
+    for name, entry in options.items():
+        assert entry.count("default") <= 1, entry
+    assert "(default: 300)" in options["--steps"] and "(default: 0)" in options["--seed"]
+    assert "(default: tiny)" in options["--preset"] and "(default: 0.05)" in options["--eval-fraction"]
+    assert "a fifth of --steps" in options["--save-every"]
+
+
+def test_save_every_defaults_to_saving_during_a_readme_sized_run():
+    from electra_fast.training import save_interval
+
+    assert save_interval(PretrainConfig(steps=300)) == 60  # the README's command saves at 60, 120, ... 300
+    assert save_interval(PretrainConfig(steps=1_000_000)) == 1000
+    assert save_interval(PretrainConfig(steps=3)) == 1
+    assert save_interval(PretrainConfig(steps=300, save_every=7)) == 7

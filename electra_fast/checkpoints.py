@@ -1,0 +1,99 @@
+"""Checkpoints of ``electra-fast pretrain``: written atomically, read back with a fallback.
+
+A checkpoint is ``checkpoints/step-XXXXXXX.pt`` (``torch.save`` of a dict holding the model, optimiser,
+scheduler, grad scaler, data position, RNG states, step and config). It is written to a temporary file and
+then renamed, so a killed save never leaves a half-written ``step-*.pt``; the newest ``keep`` are kept. A file
+damaged anyway (a full disk, a copy cut short) is reported by name, and ``--resume latest`` then falls back
+to the checkpoint before it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from . import distributed
+from .errors import UserInputError
+
+CHECKPOINT_DIR = "checkpoints"
+REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "data", "rng", "config")
+
+
+def checkpoint_files(output_dir: Path) -> list:
+    """Complete checkpoints, oldest first (temporary files of an interrupted save are ignored)."""
+    return sorted((output_dir / CHECKPOINT_DIR).glob("step-*.pt"))
+
+
+def save_checkpoint(output_dir: Path, state: dict, keep: int) -> Path:
+    """Write ``state`` atomically to checkpoints/step-XXXXXXX.pt and keep only the newest ``keep``."""
+    directory = output_dir / CHECKPOINT_DIR
+    directory.mkdir(exist_ok=True)
+    final = directory / f"step-{state['step']:07d}.pt"
+    temporary = directory / f".{final.name}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, final)
+    for old in checkpoint_files(output_dir)[:-keep]:
+        old.unlink()
+    return final
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state saved in ``path``; a file that is not a complete checkpoint raises UserInputError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
+    except Exception as error:  # truncated zip, bad pickle, unreadable file: all mean "cannot resume from it"
+        raise UserInputError(f"checkpoint {path} cannot be loaded ({type(error).__name__}: {error})") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UserInputError(f"checkpoint {path} is not an electra-fast checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def resume_state(resume: str, output_dir: Path, log: Callable[[str], None]) -> tuple:
+    """(path, state) to resume from: ``resume`` is a file, or "latest": the newest checkpoint of ``output_dir``
+    that loads, with a warning for each newer one that does not."""
+    if resume != "latest":
+        path = Path(resume).expanduser()
+        if not path.is_file():
+            raise UserInputError(f"--resume {resume}: no such checkpoint file")
+        return path, load_checkpoint(path)
+    candidates = checkpoint_files(output_dir)
+    if not candidates:
+        raise UserInputError(f"--resume: no checkpoint in {output_dir / CHECKPOINT_DIR} to resume from")
+    failures = []
+    for path in reversed(candidates):
+        try:
+            return path, load_checkpoint(path)
+        except UserInputError as error:
+            failures.append(str(error))
+            older = "an older checkpoint" if path != candidates[0] else "nothing older"
+            log(f"warning: {error}; trying {older}")
+    raise UserInputError("--resume latest: no checkpoint in "
+                         f"{output_dir / CHECKPOINT_DIR} can be loaded: " + "; ".join(failures))
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if distributed.is_distributed() and torch.cuda.is_available():
+        states["cuda_current_device"] = torch.cuda.get_rng_state()  # a process under torchrun has one GPU
+    elif torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda_current_device" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda_current_device"])
+
+
+def newest_checkpoint(output_dir: Path) -> Optional[Path]:
+    files = checkpoint_files(output_dir)
+    return files[-1] if files else None

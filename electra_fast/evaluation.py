@@ -1,0 +1,165 @@
+"""Evidence that a pre-training run learns: a held-out split of the corpus and what the models do on it.
+
+ELECTRA's training metrics are hard to read: the discriminator's accuracy starts at the "nothing replaced"
+rate and the total loss may creep up while the generator improves. So ``electra-fast pretrain`` holds out
+documents and, at step 0 (the untrained baseline), every ``--eval-every`` steps and at the end, measures:
+
+* ``eval_rtd_auc`` and ``eval_rtd_balanced_accuracy``: how well the discriminator tells the generator's
+  replacements from original tokens (ROC AUC of its logits; balanced accuracy at probability 0.5);
+* ``eval_random_auc`` and ``eval_random_balanced_accuracy``: the same for uniformly random replacements of
+  ``mask_prob`` of the tokens, a fixed probe that does not move with the generator;
+* ``eval_mlm_loss`` and ``eval_mlm_accuracy``: the generator's cross-entropy and arg-max accuracy at the
+  masked positions.
+
+Everything is computed on tokens that are neither padding nor special tokens, in eval mode (no dropout), with
+fixed seeds: the same held-out batches, masks and probes at every evaluation, so the numbers are comparable
+across steps, and the training run's random state is not touched (a resumed run stays exact).
+
+Which documents are held out depends only on their text (a hash of it against ``--eval-fraction``), so the
+split is the same in every epoch, for every seed and for a streamed corpus read in any order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .data import Corpus, Document, SequencePacker, collate, epoch_rng, pack_documents
+
+EVAL_FIELDS = ("eval_rtd_auc", "eval_rtd_balanced_accuracy", "eval_random_auc", "eval_random_balanced_accuracy",
+               "eval_mlm_loss", "eval_mlm_accuracy")
+
+
+def is_held_out(document: Document, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: a 64-bit hash of its text below ``fraction``."""
+    digest = hashlib.blake2b("\n".join(document).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+class SplitCorpus(Corpus):
+    """The held-out (``held_out=True``) or the training part of ``corpus``."""
+
+    def __init__(self, corpus: Corpus, fraction: float, held_out: bool):
+        self.corpus, self.fraction, self.held_out = corpus, fraction, held_out
+        part = f"held-out {fraction:.0%}" if held_out else f"training part ({1 - fraction:.0%})"
+        hint = "" if held_out else " (--eval-fraction 0 trains on all of it)"
+        self.description = f"the {part} of {corpus.description}{hint}"
+
+    def documents(self, rng: random.Random) -> Iterator[Document]:
+        for document in self.corpus.documents(rng):
+            if is_held_out(document, self.fraction) == self.held_out:
+                yield document
+
+    def fingerprint(self) -> str:
+        return self.corpus.fingerprint()
+
+
+def evaluation_batches(corpus: Corpus, encode_lines, *, fraction: float, sequences: int, max_length: int,
+                       batch_size: int, cls_id: int, sep_id: int, pad_id: int, seed: int) -> list:
+    """Up to ``sequences`` packed sequences of the held-out documents, in fixed batches of ``batch_size``."""
+    held_out = SplitCorpus(corpus, fraction, held_out=True)
+    packer = SequencePacker(max_length, cls_id, sep_id, epoch_rng(seed, 0, "eval-packing"))
+    packed = []
+    for sequence in pack_documents(held_out.documents(epoch_rng(seed, 0, "eval-documents")), encode_lines, packer):
+        packed.append(sequence)
+        if len(packed) == sequences:
+            break
+    return [collate(packed[start:start + batch_size], max_length, pad_id) for start in range(0, len(packed), batch_size)]
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
+    """Area under the ROC curve: the probability that a positive scores above a negative (ties count 1/2),
+    from the Mann-Whitney rank sum with tied scores given their average rank. None without both classes."""
+    scores, labels = scores.double().flatten(), labels.bool().flatten()
+    positives = int(labels.sum())
+    negatives = labels.numel() - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = scores.argsort()
+    _, group, counts = torch.unique_consecutive(scores[order], return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2  # mean of the 1-based ranks ends - count + 1 .. ends
+    ranks = torch.empty_like(scores)
+    ranks[order] = average_rank[group]
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
+    """Mean of the recall on each class, predicting "replaced" where the logit is > 0 (probability > 0.5)."""
+    predicted, labels = logits.flatten() > 0, labels.bool().flatten()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    true_positive_rate = int((predicted & labels).sum()) / positives
+    true_negative_rate = int((~predicted & ~labels).sum()) / negatives
+    return (true_positive_rate + true_negative_rate) / 2
+
+
+def evaluation_seed(seed: int, batch_index: int) -> int:
+    """The seed of held-out batch ``batch_index``: fixed for the run, apart from the training steps' seeds."""
+    digest = hashlib.blake2b(f"electra-fast:eval:{seed}:{batch_index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def random_replacements(input_ids: torch.Tensor, scored: torch.Tensor, probability: float, allowed_ids: torch.Tensor,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Each scored token replaced with ``probability`` by a uniformly drawn allowed id other than itself."""
+    replace = (torch.rand(input_ids.shape, generator=generator) < probability).to(input_ids.device) & scored
+    index = torch.randint(len(allowed_ids), input_ids.shape, generator=generator).to(input_ids.device)
+    candidate = allowed_ids[index]
+    candidate = torch.where(candidate == input_ids, allowed_ids[(index + 1) % len(allowed_ids)], candidate)
+    return torch.where(replace, candidate, input_ids)
+
+
+@torch.no_grad()
+def evaluate(model, batches: list, device: torch.device, autocast_dtype: Optional[torch.dtype], seed: int) -> dict:
+    """The EVAL_FIELDS of ``model`` (an ElectraPretrainer) on the held-out ``batches``; None where undefined."""
+    was_training = model.training
+    model.eval()
+    objective = model.objective
+    specials = torch.tensor(sorted(set(objective.special_token_ids) | {objective.mask_token_id}), device=device)
+    vocabulary = torch.arange(model.vocab_size, device=device)
+    allowed_ids = vocabulary[~torch.isin(vocabulary, specials)]
+    probe_generator = torch.Generator().manual_seed(evaluation_seed(seed, -1))
+    rtd_scores, rtd_labels, random_scores, random_labels = [], [], [], []
+    mlm_loss_sum = mlm_correct = mlm_slots = 0.0
+    try:
+        for index, batch in enumerate(batches):
+            input_ids, attention_mask, token_type_ids = (batch[key].to(device) for key in
+                                                         ("input_ids", "attention_mask", "token_type_ids"))
+            scored = attention_mask.bool() & ~torch.isin(input_ids, specials)
+            encoder_inputs = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                out = model(input_ids, attention_mask, token_type_ids=token_type_ids, seed=evaluation_seed(seed, index))
+                # The generator at the same masked slots, with full logits there (arg-max accuracy).
+                hidden = model.generator.electra(out.masked.input_ids, **encoder_inputs).last_hidden_state
+                positions = out.masked.positions
+                slot_hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+                logits = model.generator.generator_lm_head(model.generator.generator_predictions(slot_hidden))
+                corrupted = random_replacements(input_ids, scored, objective.mask_prob, allowed_ids, probe_generator)
+                probe_logits = model.discriminator(corrupted, **encoder_inputs).logits
+            weights = out.masked.weights.float()
+            losses = F.cross_entropy(logits.float().flatten(0, 1), out.masked.targets.flatten(), reduction="none")
+            mlm_loss_sum += float((losses * weights.flatten()).sum())
+            mlm_correct += float(((logits.argmax(-1) == out.masked.targets).float() * weights).sum())
+            mlm_slots += float(weights.sum())
+            rtd_scores.append(out.rtd_logits.float()[scored].cpu())
+            rtd_labels.append((out.corrupted_ids != input_ids)[scored].cpu())
+            random_scores.append(probe_logits.float()[scored].cpu())
+            random_labels.append((corrupted != input_ids)[scored].cpu())
+    finally:
+        model.train(was_training)
+    scores, labels = torch.cat(rtd_scores), torch.cat(rtd_labels)
+    probe_scores, probe_labels = torch.cat(random_scores), torch.cat(random_labels)
+    return {
+        "eval_rtd_auc": roc_auc(scores, labels),
+        "eval_rtd_balanced_accuracy": balanced_accuracy(scores, labels),
+        "eval_random_auc": roc_auc(probe_scores, probe_labels),
+        "eval_random_balanced_accuracy": balanced_accuracy(probe_scores, probe_labels),
+        "eval_mlm_loss": mlm_loss_sum / mlm_slots if mlm_slots else None,
+        "eval_mlm_accuracy": mlm_correct / mlm_slots if mlm_slots else None,
+    }
