@@ -68,7 +68,8 @@ def evaluation_batches(corpus: Corpus, encode_lines, *, fraction: float, sequenc
         packed.append(sequence)
         if len(packed) == sequences:
             break
-    return [collate(packed[start:start + batch_size], max_length, pad_id) for start in range(0, len(packed), batch_size)]
+    starts = range(0, len(packed), batch_size)
+    return [collate(packed[start:start + batch_size], max_length, pad_id) for start in starts]
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> Optional[float]:

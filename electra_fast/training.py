@@ -34,7 +34,14 @@ import torch
 
 from . import distributed
 from .backend import requested_backend, triton_can_run, use_cpu_path
-from .checkpoints import checkpoint_files, newest_checkpoint, restore_rng_states, resume_state, rng_states, save_checkpoint
+from .checkpoints import (
+    checkpoint_files,
+    newest_checkpoint,
+    restore_rng_states,
+    resume_state,
+    rng_states,
+    save_checkpoint,
+)
 from .cpu.compiler import compile_enabled
 from .data import PretrainingBatches, open_corpus
 from .errors import UserInputError

@@ -158,7 +158,8 @@ def test_two_runs_from_scratch_are_bitwise_identical(tmp_path):
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     first, second = tmp_path / "a", tmp_path / "b"
-    assert (first / "tokenizer" / "tokenizer.json").read_bytes() == (second / "tokenizer" / "tokenizer.json").read_bytes()
+    tokenizer_files = [(run / "tokenizer" / "tokenizer.json").read_bytes() for run in (first, second)]
+    assert tokenizer_files[0] == tokenizer_files[1]
     without_timing = [[{key: value for key, value in row.items() if key != "tokens_per_second"}
                        for row in read_all_metrics(run)] for run in (first, second)]
     assert [row["step"] for row in without_timing[0]] == [0, 1, 2, 3, 3]  # evaluations at 0 and the end

@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from electra_fast.data import PretrainingBatches, open_corpus
+from electra_fast.evaluation import SplitCorpus
 from electra_fast.tokenizer import line_encoder, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--vocab-size", "300",
-         "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2", "--grad-accum", "2"]
+         "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2", "--grad-accum", "2",
+         "--eval-fraction", "0.2", "--eval-sequences", "8"]
+EVAL_FRACTION = 0.2
 WORLD, ACCUM = 2, 2
 
 
@@ -29,8 +32,13 @@ def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def read_metrics(output_dir: Path) -> list:
+def read_all_metrics(output_dir: Path) -> list:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_metrics(output_dir: Path) -> list:
+    """The training steps' rows (without the held-out evaluations)."""
+    return [row for row in read_all_metrics(output_dir) if "loss" in row]
 
 
 def write_corpus(path: Path) -> Path:
@@ -52,6 +60,7 @@ def ddp_run(tmp_path_factory):
 
     return {
         "dir": output_dir, "stdout": result.stdout, "metrics": read_metrics(output_dir),
+        "evaluations": [row for row in read_all_metrics(output_dir) if "eval_rtd_auc" in row],
         "files": sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file()),
         "weights": load_file(output_dir / "discriminator" / "model.safetensors"),
         "corpus": corpus, "checkpoint": torch.load(output_dir / "checkpoints" / "step-0000004.pt", weights_only=False),
@@ -69,6 +78,7 @@ def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
                                                                    "checkpoints/step-0000004.pt"]
     assert not [f for f in files if ".tmp" in f or "write-test" in f]
     assert [row["step"] for row in ddp_run["metrics"]] == [1, 2, 3, 4]
+    assert [row["step"] for row in ddp_run["evaluations"]] == [0, 4]  # rank 0 evaluates, the others wait
     for row in ddp_run["metrics"]:
         assert row["loss"] == pytest.approx(row["mlm_loss"] + 50 * row["rtd_loss"], rel=1e-5)
     model = ElectraForSequenceClassification.from_pretrained(ddp_run["dir"] / "discriminator", num_labels=2)
@@ -83,7 +93,8 @@ def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
     # logged token count is the sum over micro-batches and ranks: recount it from the data stream itself.
     tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
     batches = PretrainingBatches(
-        open_corpus(str(ddp_run["corpus"])), line_encoder(tokenizer), max_length=32, batch_size=4,
+        SplitCorpus(open_corpus(str(ddp_run["corpus"])), EVAL_FRACTION, held_out=False), line_encoder(tokenizer),
+        max_length=32, batch_size=4,
         cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0,
         shuffle_buffer=64,
     )

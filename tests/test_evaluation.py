@@ -8,8 +8,15 @@ import torch
 
 from electra_fast import ElectraPretrainer
 from electra_fast.data import EmbeddedCorpus, epoch_rng
-from electra_fast.evaluation import (EVAL_FIELDS, SplitCorpus, balanced_accuracy, evaluate, is_held_out,
-                                     random_replacements, roc_auc)
+from electra_fast.evaluation import (
+    EVAL_FIELDS,
+    SplitCorpus,
+    balanced_accuracy,
+    evaluate,
+    is_held_out,
+    random_replacements,
+    roc_auc,
+)
 
 
 def brute_force_auc(scores, labels):
