@@ -24,7 +24,7 @@ setup(
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     install_requires=install_requires,
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy>=1.10", "numpy>=1.24"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy>=1.10", "numpy>=1.24", "ruff>=0.5"],
         "flash": ["flash-attn>=2.5"],
     },
     entry_points={"console_scripts": ["electra-fast=electra_fast.cli:main"]},

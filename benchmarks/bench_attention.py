@@ -22,9 +22,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from common import DEVICE, ON_GPU, measure
 
 import electra_fast as ef
-from common import DEVICE, ON_GPU, measure
 
 if ON_GPU:
     SHAPES = [(256, 4, 128, 64), (256, 12, 128, 64), (32, 12, 512, 64), (16, 16, 512, 64)]

@@ -17,9 +17,9 @@ on the CPU a small fp32 shape.
 import pytest
 import torch
 import torch.nn.functional as F
+from common import DEVICE, ON_GPU, measure
 
 import electra_fast as ef
-from common import DEVICE, ON_GPU, measure
 
 OP = "generator_head_fwd_bwd"
 VOCAB = 30522

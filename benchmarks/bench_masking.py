@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from common import DEVICE, ON_GPU, measure
 
 import electra_fast as ef
-from common import DEVICE, ON_GPU, measure
 from electra_fast import reference
 
 MASK_PROB = 0.15

@@ -22,9 +22,9 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from common import DEVICE, ON_GPU, measure
 
 import electra_fast as ef
-from common import DEVICE, ON_GPU, measure
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.electra.modeling_electra import ElectraDiscriminatorPredictions  # noqa: E402

@@ -50,8 +50,8 @@ def write_tables(rows: list[dict], out_dir: str) -> str:
     lines = []
     for op, op_rows in sorted(by_op.items()):
         lines += [f"## {op}", "", f"device: {op_rows[0].get('device')}", "",
-                  "| shape | impl | median ms | speed-up vs slowest | time / baseline's | TFLOP/s | GB/s | % of HBM peak | "
-                  "tokens/s | peak MiB |",
+                  "| shape | impl | median ms | speed-up vs slowest | time / baseline's | TFLOP/s | GB/s "
+                  "| % of HBM peak | tokens/s | peak MiB |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         by_shape = defaultdict(list)
         for row in op_rows:

@@ -2,10 +2,10 @@
 
 from .backend import use_backend
 from .ops import attention, attention_varlen, generator_loss_and_sample, mask_tokens, rtd_loss
-from .patch import apply_fast_electra
 from .optim import build_optimizer_and_scheduler, parameter_groups
+from .outputs import MaskedTokens, RTDOutput
+from .patch import apply_fast_electra
 from .pretrainer import ElectraObjective, ElectraPretrainer, ElectraPretrainingOutput
-from .reference import MaskedTokens, RTDOutput
 
 __version__ = "0.1.0"
 

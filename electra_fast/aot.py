@@ -39,7 +39,8 @@ def compile_config(config, capability: int) -> dict:
     signature = dict(config.signature)
     for name in config.constexprs:
         signature[name] = "constexpr"
-    source = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in config.constexprs.items()})
+    constexprs = {(kernel.arg_names.index(name),): value for name, value in config.constexprs.items()}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", capability, 32),

@@ -1,4 +1,4 @@
-"""Which implementation an op runs: Triton kernels or the PyTorch reference (DESIGN §3, Dispatch).
+"""Which implementation an op runs: Triton kernels or the PyTorch reference (docs/design.md §3, Dispatch).
 
 ``ELECTRA_FAST_BACKEND=auto`` (default) runs Triton kernels on CUDA tensors, and on CPU tensors when
 ``TRITON_INTERPRET=1`` is set; other CPU tensors take the compiled CPU path (``electra_fast.cpu``, the

@@ -33,7 +33,8 @@ def run_bench(args) -> int:
         command += ["-k", args.k]
     status = subprocess.call(command, cwd=suites.parent)
     if (out / "benchmarks.json").exists():
-        status |= subprocess.call([sys.executable, str(suites / "report.py"), str(out / "benchmarks.json"), "--out", str(out)])
+        report = [sys.executable, str(suites / "report.py"), str(out / "benchmarks.json"), "--out", str(out)]
+        status |= subprocess.call(report)
         print(f"tables and plots in {out}")
     return status
 

@@ -1,4 +1,4 @@
-"""Checkpoints of ``electra-fast pretrain``: written atomically, read back with a fallback.
+"""Checkpoints and resuming of ``electra-fast pretrain``: written atomically, read back with a fallback.
 
 A checkpoint is ``checkpoints/step-XXXXXXX.pt`` (``torch.save`` of a dict holding the model, optimiser,
 scheduler, grad scaler, data position, RNG states, step and config). It is written to a temporary file and
@@ -9,6 +9,8 @@ to the checkpoint before it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 
 from . import distributed
 from .errors import UserInputError
+from .run_config import RESUMABLE_CHANGES
 
 CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "data", "rng", "config")
@@ -74,6 +77,36 @@ def resume_state(resume: str, output_dir: Path, log: Callable[[str], None]) -> t
             log(f"warning: {error}; trying {older}")
     raise UserInputError("--resume latest: no checkpoint in "
                          f"{output_dir / CHECKPOINT_DIR} can be loaded: " + "; ".join(failures))
+
+
+def check_same_run(config, saved: dict, path: Path) -> None:
+    """Resuming must not change a setting that shapes the run (everything but RESUMABLE_CHANGES)."""
+    current = dataclasses.asdict(config)
+    differences = [
+        f"--{key.replace('_', '-')} {saved.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]
+    ]
+    if differences:
+        raise UserInputError(
+            f"cannot resume from {path}: these settings differ from the checkpoint's: " + "; ".join(differences)
+        )
+
+
+def keep_metrics_up_to(metrics_path: Path, step: int) -> None:
+    """Drop metric lines of steps after ``step`` (logged after the checkpoint a run resumes from)."""
+    if not metrics_path.exists():
+        return
+    lines = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    temporary = metrics_path.with_suffix(".tmp")
+    temporary.write_text("".join(line + "\n" for line in lines))
+    os.replace(temporary, metrics_path)
+
+
+def read_metrics(metrics_path: Path) -> list:
+    if not metrics_path.exists():
+        return []
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
 
 
 def rng_states() -> dict:

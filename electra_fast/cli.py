@@ -61,7 +61,7 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
 def add_pretrain_command(commands) -> None:
     from .presets import PRESETS
     from .pretrainer import EMBEDDING_SHARING
-    from .training import PRECISIONS, PretrainConfig
+    from .run_config import PRECISIONS, PretrainConfig
 
     defaults = PretrainConfig()
     parser = commands.add_parser(
@@ -163,7 +163,7 @@ def pretrain(args) -> int:
 
     from .backend import use_backend
     from .errors import UserInputError
-    from .training import PretrainConfig
+    from .run_config import PretrainConfig
     from .training import pretrain as run_pretraining
 
     config = PretrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)})

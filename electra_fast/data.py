@@ -165,7 +165,8 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
             )
         if not isinstance(record[text_field], str):
             raise UserInputError(
-                f"{path} line {line_number}: field {text_field!r} must be a string, got {type(record[text_field]).__name__}"
+                f"{path} line {line_number}: field {text_field!r} must be a string, "
+                f"got {type(record[text_field]).__name__}"
             )
         document = _clean_lines(record[text_field])
         if document:

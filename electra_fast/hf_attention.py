@@ -29,6 +29,7 @@ import itertools
 import torch
 
 from . import ops
+from .contracts import key_only
 
 NAME = "electra_fast"
 SEED_KWARG = "electra_fast_seed"
@@ -73,15 +74,15 @@ def _key_mask(attention_mask, dtype):
         return None if attention_mask is None else attention_mask.bool()
     if attention_mask.dim() != 4:
         raise ValueError(f"attention_mask must be 2-D or 4-D, got shape {tuple(attention_mask.shape)}")
-    key_only = all(attention_mask.shape[d] == 1 or attention_mask.stride(d) == 0 for d in (1, 2))
+    per_key = key_only(attention_mask)
     if attention_mask.dtype == torch.bool:
-        if key_only:
+        if per_key:
             return attention_mask[:, 0, 0, :]
         # A general boolean mask (True = attend) as the additive mask the reference understands.
         return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
             ~attention_mask, float("-inf")
         )
-    return attention_mask[:, :1, :1, :] if key_only else attention_mask
+    return attention_mask[:, :1, :1, :] if per_key else attention_mask
 
 
 def electra_fast_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -1,4 +1,4 @@
-"""The public, differentiable ops of electra-fast (DESIGN §3).
+"""The public, differentiable ops of electra-fast (docs/design.md §3).
 
 Each op validates its arguments (errors name the argument), then runs either its Triton kernel through the
 torch.library custom op in ``electra_fast.fused.<op>`` or the literal PyTorch version in
@@ -7,6 +7,7 @@ torch.library custom op in ``electra_fast.fused.<op>`` or the literal PyTorch ve
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -14,15 +15,24 @@ import torch
 from . import reference
 from . import validation as check
 from .backend import use_cpu_path, use_triton
-from .reference import MaskedTokens, RTDOutput
+from .contracts import MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions, special_id_set
+from .outputs import MaskedTokens, RTDOutput
 from .rng import check_seed
 
+_warned_fallbacks: set = set()
+
+
+def warn_fallback_once(op: str, reason: str) -> None:
+    """One warning per (op, reason) when a call the kernels cannot take runs the reference instead."""
+    if (op, reason) not in _warned_fallbacks:
+        _warned_fallbacks.add((op, reason))
+        warnings.warn(f"{op} runs the PyTorch reference: {reason}", stacklevel=3)
+
+
 __all__ = [
-    "mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "attention_varlen", "MaskedTokens", "RTDOutput",
+    "mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "attention_varlen", "MaskedTokens",
+    "RTDOutput",
 ]
-
-MASKING_MODES = ("exact", "bernoulli")
-
 
 def mask_tokens(
     input_ids: torch.Tensor,
@@ -39,7 +49,7 @@ def mask_tokens(
     seed: int = 0,
     check_ids: Optional[bool] = None,
 ) -> MaskedTokens:
-    """Choose positions to corrupt and corrupt them (DESIGN §1.1); fixed-shape outputs, see ``MaskedTokens``.
+    """Choose positions to corrupt and corrupt them (docs/design.md §1.1); fixed-shape outputs, see ``MaskedTokens``.
 
     ``check_ids`` verifies that ids lie in [0, vocab_size) (a device synchronisation); by default it is on
     for the reference path and off for the kernel path.
@@ -73,37 +83,29 @@ def mask_tokens(
             raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
     if random_token_prob > 0 and vocab_size is None:
         raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
-    if random_token_prob > 0 and len({s for s in (*special_token_ids, mask_token_id) if s < vocab_size}) >= vocab_size:
-        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); all are special")
-    seed = check_seed(seed)
+    if random_token_prob > 0 and len([s for s in special_id_set(special_token_ids, mask_token_id)
+                                      if s < vocab_size]) >= vocab_size:
+        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); "
+                         "all are special")
+    options = MaskingOptions.resolve(
+        input_ids.shape[1], mask_token_id=mask_token_id, special_token_ids=special_token_ids, mask_prob=mask_prob,
+        max_predictions=max_predictions, mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
+        vocab_size=vocab_size, mode=mode, seed=check_seed(seed),
+    )
     kernel = use_triton(input_ids.device)
     if kernel:
         from .fused import masking as fused_masking
 
-        kernel = fused_masking.kernel_supports(input_ids.shape[1], special_token_ids, mask_token_id)
+        kernel = fused_masking.supports(input_ids.shape[1], options) is None  # else another path, as fast
     if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
         check.ids_in_vocab("input_ids", input_ids, vocab_size)
     if kernel:
-        implementation = fused_masking.mask_tokens
-    elif use_cpu_path(input_ids.device):
+        return fused_masking.mask_tokens(input_ids, attention_mask, options)
+    if use_cpu_path(input_ids.device):
         from .cpu import masking as cpu_masking
 
-        implementation = cpu_masking.mask_tokens
-    else:
-        implementation = reference.mask_tokens
-    return implementation(
-        input_ids,
-        attention_mask,
-        mask_token_id=mask_token_id,
-        special_token_ids=special_token_ids,
-        mask_prob=mask_prob,
-        max_predictions=max_predictions,
-        mask_token_prob=mask_token_prob,
-        random_token_prob=random_token_prob,
-        vocab_size=vocab_size,
-        mode=mode,
-        seed=seed,
-    )
+        return cpu_masking.mask_tokens(input_ids, attention_mask, options)
+    return reference.mask_tokens(input_ids, attention_mask, **options.as_keywords())
 
 
 def generator_loss_and_sample(
@@ -117,7 +119,7 @@ def generator_loss_and_sample(
     disallow_correct: bool = False,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generator LM head + weighted-mean cross-entropy + Gumbel-max sample at the slots (DESIGN §1.2-1.3).
+    """Generator LM head + weighted-mean cross-entropy + Gumbel-max sample at the slots (docs/design.md §1.2-1.3).
 
     ``hidden`` [M, E], ``weight`` [V, E] (the tied word embeddings), ``bias`` [V] or None, ``targets`` [M]
     ids, ``weights`` [M] (1 real slot, 0 padding). Returns the fp32 loss and int64 samples [M]; the samples
@@ -161,11 +163,9 @@ def generator_loss_and_sample(
             seed=seed,
         )
     return reference.generator_loss_and_sample(
-        hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct, seed=seed
+        hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
+        seed=seed,
     )
-
-
-RTD_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
 def rtd_loss(
@@ -180,7 +180,7 @@ def rtd_loss(
     *,
     activation: str = "gelu",
 ) -> RTDOutput:
-    """Discriminator head + replaced-token-detection loss and metrics (DESIGN §1.4-1.5).
+    """Discriminator head + replaced-token-detection loss and metrics (docs/design.md §1.4-1.5).
 
     ``hidden`` [..., H] is the discriminator's sequence output; ``dense_*`` the head's H x H layer,
     ``prediction_*`` its H -> 1 layer (weight [1, H]); ids and ``attention_mask`` have hidden's leading shape.
@@ -214,7 +214,7 @@ def rtd_loss(
     for name, param in (("dense_weight", dense_weight), ("prediction_weight", prediction_weight)):
         check.same_device(name, param, hidden, "hidden")
     if activation not in RTD_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {RTD_ACTIVATIONS}, got {activation!r}")
+        raise ValueError(f"activation must be one of {tuple(RTD_ACTIVATIONS)}, got {activation!r}")
     if use_triton(hidden.device):
         from .fused import rtd_loss as fused_rtd_loss
 
@@ -272,18 +272,22 @@ def attention(
                     f"got {tuple(key_padding_mask.shape)}"
                 ) from None
         else:
-            raise TypeError(f"key_padding_mask must be bool [B, Lk] or an additive float mask, got {key_padding_mask.dtype}")
+            raise TypeError("key_padding_mask must be bool [B, Lk] or an additive float mask, "
+                            f"got {key_padding_mask.dtype}")
     check.probability("dropout_p", dropout_p, high_open=True)
     check.optional_positive_number("scale", scale)
     seed = check_seed(seed)
     if use_triton(q.device):
         from .fused import attention as fused_attention
 
-        return fused_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
-    if use_cpu_path(q.device):
+        reason = fused_attention.supports(q, key_padding_mask)
+        if reason is None:
+            return fused_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
+        warn_fallback_once("electra_fast.attention", reason)
+    elif use_cpu_path(q.device):
         from .cpu import attention as cpu_attention
 
-        if cpu_attention.supports(key_padding_mask):
+        if cpu_attention.supports(key_padding_mask) is None:  # else the reference, as fast for such masks
             return cpu_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
     return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
 
@@ -323,5 +327,9 @@ def attention_varlen(
     if use_triton(q.device):
         from .fused import attention as fused_attention
 
-        return fused_attention.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
+        reason = fused_attention.supports(q)
+        if reason is None:
+            return fused_attention.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
+                                                    seed=seed)
+        warn_fallback_once("electra_fast.attention_varlen", reason)
     return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)

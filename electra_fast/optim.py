@@ -1,4 +1,4 @@
-"""The official optimiser (DESIGN §1.8): AdamW b=(0.9, 0.999), eps 1e-6, weight decay 0.01 except on
+"""The official optimiser (docs/design.md §1.8): AdamW b=(0.9, 0.999), eps 1e-6, weight decay 0.01 except on
 LayerNorm and biases, linear warm-up then linear decay to 0."""
 
 from __future__ import annotations

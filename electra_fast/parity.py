@@ -16,7 +16,7 @@ import torch
 from . import ops
 from .backend import use_backend
 
-# Tolerances on max |kernel - reference| / max(1, |reference|): fp32 kernels match to ~1e-5 (DESIGN §5);
+# Tolerances on max |kernel - reference| / max(1, |reference|): fp32 kernels match to ~1e-5 (docs/design.md §5);
 # fp16/bf16 inputs are compared after both sides computed in their own precision.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
@@ -66,8 +66,11 @@ def check_generator(device, dtype):
     (k_loss, k_samples, k_grads), (r_loss, r_samples, r_grads) = _both(run)
     tol = TOLERANCE[dtype]
     rows_out = [("generator: loss", _relative_error(k_loss, r_loss), tol)]
-    rows_out += [(f"generator: grad {n}", _relative_error(a, b), tol) for n, a, b in zip(("hidden", "weight", "bias"), k_grads, r_grads)]
-    rows_out.append(("generator: fraction of samples that differ", float((k_samples != r_samples).float().mean()), 1e-3 if dtype == torch.float32 else 2e-2))
+    rows_out += [(f"generator: grad {n}", _relative_error(a, b), tol)
+                 for n, a, b in zip(("hidden", "weight", "bias"), k_grads, r_grads)]
+    differing = float((k_samples != r_samples).float().mean())
+    rows_out.append(("generator: fraction of samples that differ", differing,
+                     1e-3 if dtype == torch.float32 else 2e-2))
     return rows_out
 
 
@@ -91,7 +94,8 @@ def check_rtd(device, dtype):
 
     (k_out, k_grads), (r_out, r_grads) = _both(run)
     tol = TOLERANCE[dtype]
-    rows = [("rtd: loss", _relative_error(k_out.loss, r_out.loss), tol), ("rtd: logits", _relative_error(k_out.logits, r_out.logits), tol)]
+    rows = [("rtd: loss", _relative_error(k_out.loss, r_out.loss), tol),
+            ("rtd: logits", _relative_error(k_out.logits, r_out.logits), tol)]
     names = ("hidden", "dense_weight", "dense_bias", "prediction_weight", "prediction_bias")
     return rows + [(f"rtd: grad {n}", _relative_error(a, b), tol) for n, a, b in zip(names, k_grads, r_grads)]
 
@@ -125,7 +129,7 @@ def run_parity(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     if device.type == "cpu" and torch.bfloat16 in dtypes:
-        print("bfloat16 is skipped on the CPU: the Triton interpreter computes bf16 wrongly (DESIGN §6)")
+        print("bfloat16 is skipped on the CPU: the Triton interpreter computes bf16 wrongly (docs/design.md §6)")
         dtypes.remove(torch.bfloat16)
     torch.manual_seed(0)
     failed = False
@@ -137,7 +141,8 @@ def run_parity(args) -> int:
             for label, value, limit in CHECKS[name](device, dtype):
                 ok = value <= limit
                 failed |= not ok
-                print(f"{label:58s} {str(dtype).replace('torch.', ''):9s} {value:10.3g} {limit:10.3g} {'ok' if ok else 'FAIL'}")
+                dtype_name = str(dtype).replace("torch.", "")
+                print(f"{label:58s} {dtype_name:9s} {value:10.3g} {limit:10.3g} {'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

@@ -1,4 +1,4 @@
-"""Model sizes of the ELECTRA paper (DESIGN §1.8) as Hugging Face ElectraConfig pairs.
+"""Model sizes of the ELECTRA paper (docs/design.md §1.8) as Hugging Face ElectraConfig pairs.
 
 The generator has as many layers as the discriminator, an FFN of 4x its hidden size and
 max(1, hidden // 64) heads; both share the embedding size so that embeddings can be shared.
@@ -33,7 +33,8 @@ PRESETS = {
     "large": Preset(1024, 1024, 24, 16, 256, 0.25, 2e-4),
 }
 
-_SIZE_KEYS = {"hidden_size", "embedding_size", "num_layers", "num_heads", "generator_hidden_size", "max_position_embeddings"}
+_SIZE_KEYS = {"hidden_size", "embedding_size", "num_layers", "num_heads", "generator_hidden_size",
+              "max_position_embeddings"}
 
 
 def get_preset(name: str, **overrides) -> Preset:

@@ -1,7 +1,7 @@
 """ELECTRA pre-training: a generator and a discriminator from Hugging Face, and the official objective.
 
 ``ElectraPretrainer`` wraps ``ElectraForMaskedLM`` (generator) and ``ElectraForPreTraining``
-(discriminator), shares their embeddings (DESIGN §1.7) and computes, for one batch:
+(discriminator), shares their embeddings (docs/design.md §1.7) and computes, for one batch:
 
     mask_tokens -> generator encoder -> head at the P slots -> loss + Gumbel sample -> corrupted ids
     -> discriminator encoder -> RTD loss;   loss = gen_weight * mlm + disc_weight * rtd
@@ -18,12 +18,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from . import hf_attention, ops
 from .backend import use_backend
+from .outputs import MaskedTokens
 from .presets import electra_configs, get_preset
-from .reference import MaskedTokens
 from .rng import check_seed
 
 EMBEDDING_SHARING = ("tied", "gdes", "none")
@@ -31,7 +31,7 @@ EMBEDDING_SHARING = ("tied", "gdes", "none")
 
 @dataclass
 class ElectraObjective:
-    """Every knob of the ELECTRA objective (DESIGN §1); defaults are the official recipe."""
+    """Every knob of the ELECTRA objective (docs/design.md §1); defaults are the official recipe."""
 
     mask_token_id: Optional[int] = None  # required; ElectraPretrainer.from_preset fills it from the tokenizer
     special_token_ids: Sequence[int] = ()  # never chosen for masking ([CLS], [SEP], [PAD], ...)
@@ -106,14 +106,17 @@ class ElectraPretrainer(nn.Module):
         if not isinstance(generator, ElectraForMaskedLM):
             raise TypeError(f"generator must be a transformers ElectraForMaskedLM, got {type(generator).__name__}")
         if not isinstance(discriminator, ElectraForPreTraining):
-            raise TypeError(f"discriminator must be a transformers ElectraForPreTraining, got {type(discriminator).__name__}")
+            raise TypeError("discriminator must be a transformers ElectraForPreTraining, got "
+                            f"{type(discriminator).__name__}")
         if not isinstance(objective, ElectraObjective):
             raise TypeError(f"objective must be an ElectraObjective, got {type(objective).__name__}")
         gen_config, disc_config = generator.config, discriminator.config
         if gen_config.vocab_size != disc_config.vocab_size:
-            raise ValueError(f"generator and discriminator vocab sizes differ: {gen_config.vocab_size} vs {disc_config.vocab_size}")
+            raise ValueError("generator and discriminator vocab sizes differ: "
+                             f"{gen_config.vocab_size} vs {disc_config.vocab_size}")
         if objective.mask_token_id >= gen_config.vocab_size:
-            raise ValueError(f"objective.mask_token_id must be < vocab_size ({gen_config.vocab_size}), got {objective.mask_token_id}")
+            raise ValueError(f"objective.mask_token_id must be < vocab_size ({gen_config.vocab_size}), "
+                             f"got {objective.mask_token_id}")
         if objective.embedding_sharing != "none" and gen_config.embedding_size != disc_config.embedding_size:
             raise ValueError(
                 "shared embeddings need one embedding_size: generator has "
@@ -157,8 +160,10 @@ class ElectraPretrainer(nn.Module):
         size_kwargs = {k: v for k, v in overrides.items() if k not in objective_fields}
         preset = get_preset(name, **size_kwargs)
         objective_kwargs.setdefault("mask_prob", preset.mask_prob)
-        gen_config, disc_config = electra_configs(preset, vocab_size, pad_token_id=pad_token_id, **(config_kwargs or {}))
-        objective = ElectraObjective(mask_token_id=mask_token_id, special_token_ids=special_token_ids, **objective_kwargs)
+        gen_config, disc_config = electra_configs(preset, vocab_size, pad_token_id=pad_token_id,
+                                                  **(config_kwargs or {}))
+        objective = ElectraObjective(mask_token_id=mask_token_id, special_token_ids=special_token_ids,
+                                     **objective_kwargs)
         return cls(ElectraForMaskedLM(gen_config), ElectraForPreTraining(disc_config), objective=objective, fused=fused)
 
     @property
@@ -170,7 +175,8 @@ class ElectraPretrainer(nn.Module):
         """One step of the objective; ``token_type_ids`` (segment A = 0, B = 1) go to both encoders."""
         seed = check_seed(seed)
         if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+            raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(token_type_ids.shape)}")
         if self.fused:
             return self._forward(input_ids, attention_mask, token_type_ids, seed)
         with use_backend("reference"):

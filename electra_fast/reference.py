@@ -1,59 +1,28 @@
-"""Literal PyTorch versions of every electra-fast op: the test oracles and the CPU path.
+"""Literal PyTorch versions of every electra-fast op: the test oracles (electra_fast/cpu/ computes the same
+with less work).
 
-Each function spells out ELECTRA's semantics (DESIGN §1) as plainly as possible; every random choice comes
+Each function spells out ELECTRA's semantics (docs/design.md §1) as plainly as possible; every random choice comes
 from ``electra_fast.rng`` so the Triton kernels can be compared with these functions bit for bit. Arguments
 are assumed validated by ``electra_fast.validation`` (the public ops in ``electra_fast.ops`` do it).
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import rng
+from .contracts import (
+    RTD_ACTIVATIONS,
+    action_thresholds,
+    additive_mask_allows,
+    default_max_predictions,
+    special_id_set,
+)
+from .outputs import MaskedTokens, RTDOutput
 from .rng import Stream
-
-
-class MaskedTokens(NamedTuple):
-    """What ``mask_tokens`` returns. ``P`` is ``max_predictions``; slots past a row's count are padding."""
-
-    input_ids: torch.Tensor  # [B, L] generator input: chosen positions corrupted ([MASK] / kept / random id)
-    positions: torch.Tensor  # [B, P] int64, chosen positions in ascending order; 0 in padding slots
-    targets: torch.Tensor  # [B, P] int64, original ids at the positions; 0 in padding slots
-    weights: torch.Tensor  # [B, P] float32, 1 for a real slot, 0 for a padding slot
-    is_masked: torch.Tensor  # [B, L] bool, True where a position was chosen
-
-
-class RTDOutput(NamedTuple):
-    """What ``rtd_loss`` returns; metrics are fp32 scalars over the valid (non-padding) tokens."""
-
-    loss: torch.Tensor  # BCE-with-logits averaged over valid tokens (0 when there is none)
-    logits: torch.Tensor  # [...] one logit per token
-    labels: torch.Tensor  # [...] bool, True where the token was replaced (always False on padding)
-    accuracy: torch.Tensor  # fraction of valid tokens with (logit > 0) == label
-    precision: torch.Tensor  # true positives / predicted replaced (0 when nothing is predicted replaced)
-    recall: torch.Tensor  # true positives / replaced (0 when nothing was replaced)
-    replaced_fraction: torch.Tensor  # replaced / valid
-
-
-def default_max_predictions(seq_len: int, mask_prob: float, mode: str = "exact") -> int:
-    """The official recipe's ``P = int((mask_prob + 0.005) * seq_len)`` (19 at 128, 79 at 512); at least 1.
-
-    In Bernoulli mode the number chosen per row is random, so by default every position may be chosen.
-    """
-    if mode == "bernoulli":
-        return seq_len
-    return max(1, int((mask_prob + 0.005) * seq_len))
-
-
-def action_thresholds(mask_token_prob: float, random_token_prob: float) -> tuple[float, float]:
-    """float32 thresholds on the action uniform u: u < t_mask -> [MASK], t_mask <= u < t_random -> random id."""
-    t_mask = float(torch.tensor(mask_token_prob, dtype=torch.float32))
-    t_random = float(torch.tensor(mask_token_prob + random_token_prob, dtype=torch.float32))
-    return t_mask, t_random
 
 
 def random_token_ids(draws: torch.Tensor, vocab_size: int, special_ids: Sequence[int]) -> torch.Tensor:
@@ -85,12 +54,12 @@ def mask_tokens(
     mode: str = "exact",
     seed: int = 0,
 ) -> MaskedTokens:
-    """Choose and corrupt positions (DESIGN §1.1)."""
+    """Choose and corrupt positions (docs/design.md §1.1)."""
     batch, seq_len = input_ids.shape
     device = input_ids.device
     P = max_predictions if max_predictions is not None else default_max_predictions(seq_len, mask_prob, mode)
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    specials = sorted(set(int(s) for s in special_token_ids) | {int(mask_token_id)})
+    specials = special_id_set(special_token_ids, mask_token_id)
     is_special = torch.isin(input_ids, torch.tensor(specials, device=device, dtype=input_ids.dtype))
     candidate = valid & ~is_special
 
@@ -167,7 +136,8 @@ def generator_loss_and_sample(
     disallow_correct: bool = False,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLM loss (weighted mean cross-entropy, fp32) and Gumbel-max samples from the same logits (DESIGN §1.2-3)."""
+    """MLM loss (weighted mean cross-entropy, fp32) and Gumbel-max samples from the same logits
+    (docs/design.md §1.2-1.3)."""
     logits = generator_logits(hidden, weight, bias)
     if weights is None:
         weights = torch.ones(hidden.shape[0], dtype=torch.float32, device=hidden.device)
@@ -182,14 +152,15 @@ def generator_loss_and_sample(
 
 
 def activation_fn(name: str):
-    """The discriminator head's activation by its transformers name."""
-    if name == "gelu":
-        return lambda x: F.gelu(x)
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
+    """The discriminator head's activation by its transformers name (contracts.RTD_ACTIVATIONS)."""
+    function = RTD_ACTIVATIONS.get(name)
+    if function == "gelu_erf":
+        return F.gelu
+    if function == "gelu_tanh":
         return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
+    if function == "relu":
         return F.relu
-    raise ValueError(f"activation must be one of 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu'; got {name!r}")
+    raise ValueError(f"activation must be one of {tuple(RTD_ACTIVATIONS)}, got {name!r}")
 
 
 def rtd_metrics(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -219,7 +190,7 @@ def rtd_loss(
     *,
     activation: str = "gelu",
 ) -> RTDOutput:
-    """Discriminator head ``dense(H, act) -> dense(1)`` and replaced-token-detection BCE (DESIGN §1.4-1.5).
+    """Discriminator head ``dense(H, act) -> dense(1)`` and replaced-token-detection BCE (docs/design.md §1.4-1.5).
 
     ``hidden`` is the discriminator's sequence output ``[..., H]``; ids and mask have its leading shape.
     """
@@ -265,8 +236,7 @@ def attention(
             allowed = key_padding_mask[:, None, None, :].expand(batch, heads, q_len, k_len)
         else:
             additive = key_padding_mask.float().expand(batch, heads, q_len, k_len)
-            allowed = additive > torch.finfo(torch.float32).min / 2
-            allowed &= additive > torch.finfo(key_padding_mask.dtype).min / 2
+            allowed = additive_mask_allows(additive, key_padding_mask.dtype)
             scores = scores + torch.where(allowed, additive, torch.zeros_like(additive))
         scores = scores.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
@@ -294,7 +264,7 @@ def attention_varlen(
     """Attention within each packed sequence of ``q, k, v`` [total, heads, D]: defined as ``attention`` on the
     batch right-padded to ``max_seqlen`` (so the dropout mask is the padded batch's), then unpadded."""
     offsets = [int(x) for x in cu_seqlens.tolist()]
-    batch, (total, heads, head_dim) = len(offsets) - 1, q.shape
+    batch, (_, heads, head_dim) = len(offsets) - 1, q.shape
     padded = [q.new_zeros(batch, max_seqlen, heads, head_dim) for _ in range(3)]
     real = torch.zeros(batch, max_seqlen, dtype=torch.bool, device=q.device)
     for b in range(batch):

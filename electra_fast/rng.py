@@ -1,6 +1,6 @@
 """Counter-based Philox in PyTorch, bit-identical to Triton's ``tl.philox`` / ``tl.randint`` / ``tl.rand``.
 
-Every random draw in electra-fast is named by ``(seed, stream, index)`` (DESIGN §4) and computed as one
+Every random draw in electra-fast is named by ``(seed, stream, index)`` (docs/design.md §4) and computed as one
 Philox-4x32 block with 10 rounds:
 
     key     = (seed & 0xffffffff, seed >> 32)
@@ -58,7 +58,8 @@ def check_seed(seed) -> int:
     """Return ``seed`` as a Python int in [0, 2**63), accepting an int or a 0-d integer tensor."""
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 0 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
-            raise TypeError(f"seed must be an int or a 0-d integer tensor, got a tensor {tuple(seed.shape)} {seed.dtype}")
+            raise TypeError("seed must be an int or a 0-d integer tensor, got a tensor "
+                            f"{tuple(seed.shape)} {seed.dtype}")
         seed = int(seed.item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or a 0-d integer tensor, got {type(seed).__name__}")

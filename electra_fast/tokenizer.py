@@ -1,8 +1,8 @@
 """The tokenizer of ``electra-fast pretrain``: a local Hugging Face tokenizer, or one trained on the corpus.
 
 Without ``--tokenizer`` an uncased WordPiece tokenizer (ELECTRA's and BERT's kind) is trained on the corpus
-(deterministically, by electra_fast/wordpiece.py) and saved under ``<output-dir>/tokenizer``; a later run with the same corpus
-and vocabulary size reuses it, so the default command is self-contained and trains the tokenizer once.
+(deterministically, by electra_fast/wordpiece.py) and saved under ``<output-dir>/tokenizer``; a later run with
+the same corpus and vocabulary size reuses it, so the default command is self-contained and trains the tokenizer once.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ def same_shape(name: str, value: torch.Tensor, expected: Sequence[int], what: st
 
 def same_device(name: str, value: torch.Tensor, reference: torch.Tensor, reference_name: str) -> None:
     if value.device != reference.device:
-        raise ValueError(f"{name} is on {value.device} but {reference_name} is on {reference.device}; put them on one device")
+        raise ValueError(f"{name} is on {value.device} but {reference_name} is on {reference.device}; "
+                         "put them on one device")
 
 
 def probability(name: str, value: float, *, low_open: bool = False, high_open: bool = False) -> float:

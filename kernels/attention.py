@@ -34,13 +34,14 @@ bitwise reproducible.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .philox import draw_uniform
-from .registry import register
+from .registry import interpreted, pointer_type, register
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # electra_fast.rng.Stream.ATTENTION_DROPOUT (kernels do not import the PyTorch side; a test ties the two).
@@ -48,12 +49,51 @@ ATTENTION_DROPOUT_STREAM = tl.constexpr(5)
 
 
 @triton.jit
-def _load_bounds(bounds_ptr, b, n_batch):
+def _check_tiles(HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Every block is a tl.arange length (a power of two) and a tl.dot dimension (at least 16); one BLOCK_D tile
+    holds a whole head (the dims past HEAD_DIM are masked)."""
+    tl.static_assert((BLOCK_M & (BLOCK_M - 1)) == 0 and BLOCK_M >= 16, "BLOCK_M must be a power of two >= 16")
+    tl.static_assert((BLOCK_N & (BLOCK_N - 1)) == 0 and BLOCK_N >= 16, "BLOCK_N must be a power of two >= 16")
+    tl.static_assert((BLOCK_D & (BLOCK_D - 1)) == 0 and BLOCK_D >= 16, "BLOCK_D must be a power of two >= 16")
+    tl.static_assert(BLOCK_D >= HEAD_DIM, "BLOCK_D must cover HEAD_DIM")
+
+
+@triton.jit
+def _program_tile(bounds_ptr, n_batch, heads, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Where this program works: grid axis 0 picks a block of BLOCK rows (query rows; key rows in dkdv), axis 1
+    a (batch, head) pair. Returns the block's first row, its rows (positions inside the sequence), the head-dim
+    offsets [0, BLOCK_D), bh = b * heads + h, b, h, and the bounds of sequence b (module docstring)."""
+    # Keep this order (program_id(0) first): with the bounds loaded first, ptxas gives the dq kernel
+    # (BLOCK_D 128, dropout, sm_90a) 210 registers instead of 186.
+    block_start = tl.program_id(0) * BLOCK
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
     row_start = tl.load(bounds_ptr + b).to(tl.int64)
     q_count = tl.load(bounds_ptr + n_batch + b)
     k_stored = tl.load(bounds_ptr + 2 * n_batch + b)
     k_visited = tl.load(bounds_ptr + 3 * n_batch + b)
-    return row_start, q_count, k_stored, k_visited
+    rows = block_start + tl.arange(0, BLOCK)
+    dims = tl.arange(0, BLOCK_D)
+    return block_start, rows, dims, bh, b, h, row_start, q_count, k_stored, k_visited
+
+
+@triton.jit
+def _tile_ptrs(ptr, b, h, row_start, rows, dims, stride_b, stride_h, stride_l):
+    """Addresses of the [rows, dims] tile of head h of sequence b; rows count from the sequence's first row."""
+    return ptr + b * stride_b + h * stride_h + (row_start + rows[:, None]) * stride_l + dims[None, :]
+
+
+@triton.jit
+def _sequence_start(ptr, b, h, row_start, stride_b, stride_h, stride_l):
+    """Address of the first row of sequence b in head h, for the tiles that an inner loop walks."""
+    return ptr + b * stride_b + h * stride_h + row_start * stride_l
+
+
+@triton.jit
+def _lse_log2(lse):
+    """The saved natural-log LSE in base 2. Rows without an unmasked key (LSE -inf) get 0: their P is 0 anyway."""
+    return tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
 
 
 @triton.jit
@@ -72,22 +112,19 @@ def attention_forward_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
-    row_start, q_count, _, k_visited = _load_bounds(bounds_ptr, b, n_batch)
-    rows = start_m + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
+    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    start_m, rows, dims, bh, b, h, row_start, q_count, _, k_visited = _program_tile(
+        bounds_ptr, n_batch, heads, BLOCK_M, BLOCK_D)
     row_ok = rows < q_count
     dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
+    tile_mask = row_ok[:, None] & dim_ok[None, :]
 
-    q_rows = q_ptr + b * stride_qb + h * stride_qh + (row_start + rows[:, None]) * stride_ql + dims[None, :]
-    q = tl.load(q_rows, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q = tl.load(_tile_ptrs(q_ptr, b, h, row_start, rows, dims, stride_qb, stride_qh, stride_ql),
+                mask=tile_mask, other=0.0)
     if FP32_DOTS:
         q = q.to(tl.float32)
-    k_head = k_ptr + b * stride_kb + h * stride_kh + row_start * stride_kl
-    v_head = v_ptr + b * stride_vb + h * stride_vh + row_start * stride_vl
+    k_start = _sequence_start(k_ptr, b, h, row_start, stride_kb, stride_kh, stride_kl)
+    v_start = _sequence_start(v_ptr, b, h, row_start, stride_vb, stride_vh, stride_vl)
     bias_row = key_bias_ptr + b * stride_biasb + row_start * stride_biasl
 
     # Online softmax in base 2, all fp32: running max m_i, running sum l_i, unnormalised output acc.
@@ -99,7 +136,7 @@ def attention_forward_kernel(
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < k_visited
         kv_mask = col_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_head + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_start + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
         bias = tl.load(bias_row + cols * stride_biasl, mask=col_ok, other=float("-inf"))
         if FP32_DOTS:
             k = k.to(tl.float32)
@@ -113,9 +150,10 @@ def attention_forward_kernel(
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[:, None], cols[None, :])
             p = tl.where(keep, p, 0.0)
-        v = tl.load(v_head + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_start + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
         if FP32_DOTS:
             v = v.to(tl.float32)
+        # P is rounded to v's dtype for the tensor-core product; the accumulator stays fp32.
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
         m_i = m_new
 
@@ -124,9 +162,10 @@ def attention_forward_kernel(
     out = acc / l_safe[:, None]
     if DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
+    # Only the natural-log LSE per row is saved: the backward recomputes P from it (no [L, L] tensor is kept).
     lse = tl.where(empty_row, float("-inf"), (m_i + tl.math.log2(l_safe)) / LOG2E)
-    out_rows = out_ptr + b * stride_ob + h * stride_oh + (row_start + rows[:, None]) * stride_ol + dims[None, :]
-    tl.store(out_rows, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    tl.store(_tile_ptrs(out_ptr, b, h, row_start, rows, dims, stride_ob, stride_oh, stride_ol),
+             out.to(out_ptr.dtype.element_ty), mask=tile_mask)
     tl.store(lse_ptr + b * stride_lseb + h * stride_lseh + row_start + rows, lse, mask=row_ok)
 
 
@@ -140,34 +179,29 @@ def attention_backward_dq_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
-    row_start, q_count, _, k_visited = _load_bounds(bounds_ptr, b, n_batch)
-    rows = start_m + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
+    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    start_m, rows, dims, bh, b, h, row_start, q_count, _, k_visited = _program_tile(
+        bounds_ptr, n_batch, heads, BLOCK_M, BLOCK_D)
     row_ok = rows < q_count
-    dim_ok = dims < HEAD_DIM
+    dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
     tile_mask = row_ok[:, None] & dim_ok[None, :]
 
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + (row_start + rows[:, None]) * stride_ql + dims[None, :],
+    q = tl.load(_tile_ptrs(q_ptr, b, h, row_start, rows, dims, stride_qb, stride_qh, stride_ql),
                 mask=tile_mask, other=0.0)
-    dout = tl.load(dout_ptr + b * stride_dob + h * stride_doh + (row_start + rows[:, None]) * stride_dol
-                   + dims[None, :], mask=tile_mask, other=0.0)
-    out = tl.load(out_ptr + b * stride_ob + h * stride_oh + (row_start + rows[:, None]) * stride_ol + dims[None, :],
+    dout = tl.load(_tile_ptrs(dout_ptr, b, h, row_start, rows, dims, stride_dob, stride_doh, stride_dol),
+                   mask=tile_mask, other=0.0)
+    out = tl.load(_tile_ptrs(out_ptr, b, h, row_start, rows, dims, stride_ob, stride_oh, stride_ol),
                   mask=tile_mask, other=0.0)
     # delta = rowsum(dO * O) = rowsum(P * dP) (O includes dropout, so this holds with dropout too), in fp32.
     delta = tl.sum(dout.to(tl.float32) * out.to(tl.float32), 1)
     row_stats = b * stride_lseb + h * stride_lseh + row_start + rows
     tl.store(delta_ptr + row_stats, delta, mask=row_ok)
-    lse = tl.load(lse_ptr + row_stats, mask=row_ok, other=0.0)
-    lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)  # rows without keys: P is 0 anyway
+    lse_log2 = _lse_log2(tl.load(lse_ptr + row_stats, mask=row_ok, other=0.0))
     if FP32_DOTS:
         q = q.to(tl.float32)
         dout = dout.to(tl.float32)
-    k_head = k_ptr + b * stride_kb + h * stride_kh + row_start * stride_kl
-    v_head = v_ptr + b * stride_vb + h * stride_vh + row_start * stride_vl
+    k_start = _sequence_start(k_ptr, b, h, row_start, stride_kb, stride_kh, stride_kl)
+    v_start = _sequence_start(v_ptr, b, h, row_start, stride_vb, stride_vh, stride_vl)
     bias_row = key_bias_ptr + b * stride_biasb + row_start * stride_biasl
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -176,8 +210,8 @@ def attention_backward_dq_kernel(
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < k_visited
         kv_mask = col_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_head + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_head + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_start + cols[:, None] * stride_kl + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_start + cols[:, None] * stride_vl + dims[None, :], mask=kv_mask, other=0.0)
         bias = tl.load(bias_row + cols * stride_biasl, mask=col_ok, other=float("-inf"))
         if FP32_DOTS:
             k = k.to(tl.float32)
@@ -186,13 +220,13 @@ def attention_backward_dq_kernel(
         scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2 + bias[None, :] * LOG2E
         p = tl.math.exp2(scores - lse_log2[:, None])
         dp = tl.dot(dout, tl.trans(v), input_precision="ieee")
-        if DROPOUT:
+        if DROPOUT:  # the forward's keep bits, regenerated from the same Philox indices
             keep = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[:, None], cols[None, :])
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])  # gradient of the (natural-scale) scores, fp32
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision="ieee")
     dq = dq * scale
-    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + (row_start + rows[:, None]) * stride_dql + dims[None, :],
+    tl.store(_tile_ptrs(dq_ptr, b, h, row_start, rows, dims, stride_dqb, stride_dqh, stride_dql),
              dq.to(dq_ptr.dtype.element_ty), mask=tile_mask)
 
 
@@ -206,31 +240,27 @@ def attention_backward_dkdv_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
-    row_start, q_count, k_stored, k_visited = _load_bounds(bounds_ptr, b, n_batch)
-    cols = start_n + tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, BLOCK_D)
+    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    start_n, cols, dims, bh, b, h, row_start, q_count, k_stored, k_visited = _program_tile(
+        bounds_ptr, n_batch, heads, BLOCK_N, BLOCK_D)
     col_ok = cols < k_visited
     dim_ok = dims < HEAD_DIM
     kv_mask = col_ok[:, None] & dim_ok[None, :]
 
-    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + (row_start + cols[:, None]) * stride_kl + dims[None, :],
+    k = tl.load(_tile_ptrs(k_ptr, b, h, row_start, cols, dims, stride_kb, stride_kh, stride_kl),
                 mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + (row_start + cols[:, None]) * stride_vl + dims[None, :],
+    v = tl.load(_tile_ptrs(v_ptr, b, h, row_start, cols, dims, stride_vb, stride_vh, stride_vl),
                 mask=kv_mask, other=0.0)
     bias = tl.load(key_bias_ptr + b * stride_biasb + (row_start + cols) * stride_biasl, mask=col_ok,
                    other=float("-inf"))
     if FP32_DOTS:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    q_head = q_ptr + b * stride_qb + h * stride_qh + row_start * stride_ql
-    dout_head = dout_ptr + b * stride_dob + h * stride_doh + row_start * stride_dol
-    stats_head = b * stride_lseb + h * stride_lseh + row_start
+    q_start = _sequence_start(q_ptr, b, h, row_start, stride_qb, stride_qh, stride_ql)
+    dout_start = _sequence_start(dout_ptr, b, h, row_start, stride_dob, stride_doh, stride_dol)
+    stats_start = b * stride_lseb + h * stride_lseh + row_start
 
-    # Work in the transposed orientation (keys x queries) so dK and dV accumulate as [BLOCK_N, D] tiles.
+    # Work in the transposed orientation (keys x queries) so dK and dV accumulate as [BLOCK_N, D] fp32 tiles.
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     query_stop = tl.where(start_n < k_visited, q_count, 0)  # key blocks past the last real key stay 0
@@ -238,19 +268,20 @@ def attention_backward_dkdv_kernel(
         rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < q_count
         q_mask = row_ok[:, None] & dim_ok[None, :]
-        q = tl.load(q_head + rows[:, None] * stride_ql + dims[None, :], mask=q_mask, other=0.0)
-        dout = tl.load(dout_head + rows[:, None] * stride_dol + dims[None, :], mask=q_mask, other=0.0)
-        lse = tl.load(lse_ptr + stats_head + rows, mask=row_ok, other=0.0)
-        delta = tl.load(delta_ptr + stats_head + rows, mask=row_ok, other=0.0)
-        lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2E)
+        q = tl.load(q_start + rows[:, None] * stride_ql + dims[None, :], mask=q_mask, other=0.0)
+        dout = tl.load(dout_start + rows[:, None] * stride_dol + dims[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + stats_start + rows, mask=row_ok, other=0.0)
+        delta = tl.load(delta_ptr + stats_start + rows, mask=row_ok, other=0.0)
+        lse_log2 = _lse_log2(lse)
         if FP32_DOTS:
             q = q.to(tl.float32)
             dout = dout.to(tl.float32)
+        # Recompute P^T from q, k and the LSE, as in the dq kernel.
         scores_t = tl.dot(k, tl.trans(q), input_precision="ieee") * scale_log2 + bias[:, None] * LOG2E
         p_t = tl.math.exp2(scores_t - lse_log2[None, :])
         p_t = tl.where(row_ok[None, :], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(dout), input_precision="ieee")
-        if DROPOUT:
+        if DROPOUT:  # the forward's keep bits, regenerated from the same Philox indices
             keep_t = _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows[None, :], cols[:, None])
             dropout_scale = 1.0 / (1.0 - dropout_p)
             p_dropped_t = tl.where(keep_t, p_t * dropout_scale, 0.0)
@@ -262,9 +293,9 @@ def attention_backward_dkdv_kernel(
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision="ieee")
     dk = dk * scale
     store_mask = (cols < k_stored)[:, None] & dim_ok[None, :]  # masked keys get explicit zero gradients
-    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + (row_start + cols[:, None]) * stride_dkl + dims[None, :],
+    tl.store(_tile_ptrs(dk_ptr, b, h, row_start, cols, dims, stride_dkb, stride_dkh, stride_dkl),
              dk.to(dk_ptr.dtype.element_ty), mask=store_mask)
-    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + (row_start + cols[:, None]) * stride_dvl + dims[None, :],
+    tl.store(_tile_ptrs(dv_ptr, b, h, row_start, cols, dims, stride_dvb, stride_dvh, stride_dvl),
              dv.to(dv_ptr.dtype.element_ty), mask=store_mask)
 
 
@@ -277,23 +308,35 @@ HEAD_DIM_BLOCKS = (16, 32, 64, 128)  # head dims 1..128 are padded up to the nex
 # dropout flag, so by default the suite compiles ELECTRA's head dim 64 in both GPU dtypes and the 128 family in
 # bf16, keeping `python -m electra_fast.aot` short; ELECTRA_FAST_AOT_FULL=1 adds fp16/bf16 x 16/32/80/96/128
 # (all compiled without spills on sm_80 and sm_90a when this was written).
-REGISTERED_CONFIGS = (("bfloat16", 64), ("float16", 64), ("bfloat16", 128))
-FULL_AOT_CONFIGS = tuple((dtype, d) for dtype in ("float16", "bfloat16") for d in (16, 32, 64, 80, 96, 128))
-_POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16"}
+REGISTERED_CONFIGS = ((torch.bfloat16, 64), (torch.float16, 64), (torch.bfloat16, 128))
+FULL_AOT_CONFIGS = tuple((dtype, d) for dtype in (torch.float16, torch.bfloat16) for d in (16, 32, 64, 80, 96, 128))
 
 
-def _tile_configs(block_d: int, dropout: bool, interpreted: bool = False) -> dict:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, chosen to compile without spills on sm_80 and
-    sm_90a for fp16/bf16 (Philox draws for dropout need smaller score tiles; not tuned on hardware yet). Under
-    the interpreter registers do not matter and large tiles mean fewer programs to simulate."""
-    if interpreted:
-        return dict.fromkeys(("forward", "dq", "dkdv"), (64, 64, 4, 1))
+@dataclass(frozen=True, kw_only=True)
+class Tiles:
+    """Launch configuration of one kernel: score tiles of BLOCK_M query rows x BLOCK_N key rows."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _tile_configs(block_d: int, dropout: bool, for_interpreter: bool = False) -> dict:
+    """Tiles per kernel ("forward", "dq", "dkdv"), chosen to compile without spills on sm_80 and sm_90a for
+    fp16/bf16 (Philox draws for dropout need smaller score tiles; not tuned on hardware yet). Under the
+    interpreter registers do not matter and large tiles mean fewer programs to simulate."""
+    if for_interpreter:
+        return dict.fromkeys(("forward", "dq", "dkdv"), Tiles(block_m=64, block_n=64, num_warps=4, num_stages=1))
     if block_d == 128:
-        return {"forward": (64, 32, 8, 2), "dq": (32, 64, 8, 2), "dkdv": (32, 32, 8, 2)}
+        return {"forward": Tiles(block_m=64, block_n=32, num_warps=8, num_stages=2),
+                "dq": Tiles(block_m=32, block_n=64, num_warps=8, num_stages=2),
+                "dkdv": Tiles(block_m=32, block_n=32, num_warps=8, num_stages=2)}
     # With head dims <= 32, 8 warps leave dq at 128 registers on sm_80 and it spills; 4 warps do not.
     dq_warps = 4 if block_d <= 32 else 8
-    return {"forward": (128, 32, 8, 2) if dropout else (128, 64, 8, 3), "dq": (64, 32, dq_warps, 2),
-            "dkdv": (32, 64, 8, 1) if dropout else (32, 64, 8, 2)}
+    return {"forward": Tiles(block_m=128, block_n=32 if dropout else 64, num_warps=8, num_stages=2 if dropout else 3),
+            "dq": Tiles(block_m=64, block_n=32, num_warps=dq_warps, num_stages=2),
+            "dkdv": Tiles(block_m=32, block_n=64, num_warps=8, num_stages=1 if dropout else 2)}
 
 
 def block_head_dim(head_dim: int) -> int:
@@ -329,49 +372,49 @@ def _as_heads_first(t):
     return t.transpose(1, 2) if t.dim() == 4 else t
 
 
-def _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p):
+def _launch_setup(q, bounds, dropout_p):
+    """(head_dim, tiles per kernel, n_batch, heads, constexprs shared by the three kernels) of a call."""
     head_dim = q.shape[-1]
     block_d = block_head_dim(head_dim)
-    interpreted = q.device.type == "cpu"
-    configs = _tile_configs(block_d, dropout_p > 0, interpreted)
+    configs = _tile_configs(block_d, dropout_p > 0, for_interpreter=interpreted())
     n_batch = bounds.shape[1]
     heads = q.shape[1]
-    # The interpreter computes bf16 wrongly (DESIGN §6): there the products run on fp32 copies.
-    fp32_dots = interpreted and q.dtype == torch.bfloat16
+    # The interpreter computes bf16 wrongly (docs/design.md §6): there the products run on fp32 copies.
+    fp32_dots = interpreted() and q.dtype == torch.bfloat16
     constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout_p > 0, FP32_DOTS=fp32_dots, BLOCK_D=block_d)
     return head_dim, configs, n_batch, heads, constexprs
 
 
-def attention_forward(q, k, v, key_bias, bounds, q_len_padded: int, k_len_padded: int, scale: float,
-                      dropout_p: float, seed: int):
+def forward(q, k, v, key_bias, bounds, q_len_padded: int, k_len_padded: int, scale: float, dropout_p: float,
+            seed: int):
     """Forward pass. Padded: q, k, v [B, heads, L, D] (any strides, unit stride on D); returns out as a
     contiguous [B, Lq, heads, D] tensor and lse [B, heads, Lq] fp32. Packed: q, k, v [total, heads, D];
     returns out [total, heads, D] and lse [heads, total]."""
-    head_dim, configs, n_batch, heads, constexprs = _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p)
+    head_dim, configs, n_batch, heads, constexprs = _launch_setup(q, bounds, dropout_p)
     if q.dim() == 4:
         out = torch.empty(q.shape[0], q_len_padded, heads, head_dim, device=q.device, dtype=q.dtype)
         lse = torch.empty(q.shape[0], heads, q_len_padded, device=q.device, dtype=torch.float32)
     else:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(heads, q.shape[0], device=q.device, dtype=torch.float32)
-    block_m, block_n, num_warps, num_stages = configs["forward"]
-    grid = (triton.cdiv(q_len_padded, block_m), n_batch * heads)
-    attention_forward_kernel[grid](
+    tiles = configs["forward"]
+    attention_forward_kernel[(triton.cdiv(q_len_padded, tiles.block_m), n_batch * heads)](
         q, k, v, key_bias, bounds, out, lse,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(_as_heads_first(out)),
         *_stats_strides(lse), *_bias_strides(key_bias),
-        n_batch, heads, q_len_padded, k_len_padded, scale * 1.4426950408889634, seed, dropout_p,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+        n_batch, heads, q_len_padded, k_len_padded, scale * LOG2E.value, seed, dropout_p,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        **constexprs,
     )
     return out, lse
 
 
-def attention_backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: int, k_len_padded: int,
-                       scale: float, dropout_p: float, seed: int):
-    """Gradients of attention_forward. ``dout`` and ``out`` have out's shape ([B, Lq, heads, D] padded, any
-    strides for dout). Returns dq, dk, dv shaped like q, k, v: [B, heads, L, D] views of contiguous
-    [B, L, heads, D] buffers (padded) or contiguous [total, heads, D] (packed)."""
-    head_dim, configs, n_batch, heads, constexprs = _common(q, k, v, bounds, q_len_padded, k_len_padded, dropout_p)
+def backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: int, k_len_padded: int, scale: float,
+             dropout_p: float, seed: int):
+    """Gradients of ``forward``. ``dout`` and ``out`` have out's shape ([B, Lq, heads, D] padded, any strides for
+    dout). Returns dq, dk, dv shaped like q, k, v: [B, heads, L, D] views of contiguous [B, L, heads, D] buffers
+    (padded) or contiguous [total, heads, D] (packed)."""
+    head_dim, configs, n_batch, heads, constexprs = _launch_setup(q, bounds, dropout_p)
 
     def gradient_like(t):
         if t.dim() == 4:
@@ -381,63 +424,48 @@ def attention_backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: 
     dq, dk, dv = gradient_like(q), gradient_like(k), gradient_like(v)
     delta = torch.empty_like(lse)
     out_view, dout_view = _as_heads_first(out), _as_heads_first(dout)
-    block_m, block_n, num_warps, num_stages = configs["dq"]
-    attention_backward_dq_kernel[(triton.cdiv(q_len_padded, block_m), n_batch * heads)](
+    tiles = configs["dq"]
+    attention_backward_dq_kernel[(triton.cdiv(q_len_padded, tiles.block_m), n_batch * heads)](
         q, k, v, key_bias, bounds, out, dout, lse, delta, dq,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(out_view), *_row_strides(dout_view),
         *_row_strides(dq), *_stats_strides(lse), *_bias_strides(key_bias),
-        n_batch, heads, q_len_padded, k_len_padded, scale, scale * 1.4426950408889634, seed, dropout_p,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+        n_batch, heads, q_len_padded, k_len_padded, scale, scale * LOG2E.value, seed, dropout_p,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        **constexprs,
     )
-    block_m, block_n, num_warps, num_stages = configs["dkdv"]
-    attention_backward_dkdv_kernel[(triton.cdiv(k_len_padded, block_n), n_batch * heads)](
+    tiles = configs["dkdv"]
+    attention_backward_dkdv_kernel[(triton.cdiv(k_len_padded, tiles.block_n), n_batch * heads)](
         q, k, v, key_bias, bounds, dout, lse, delta, dk, dv,
         *_row_strides(q), *_row_strides(k), *_row_strides(v), *_row_strides(dout_view),
         *_row_strides(dk), *_row_strides(dv), *_stats_strides(lse), *_bias_strides(key_bias),
-        n_batch, heads, q_len_padded, k_len_padded, scale, scale * 1.4426950408889634, seed, dropout_p,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **constexprs,
+        n_batch, heads, q_len_padded, k_len_padded, scale, scale * LOG2E.value, seed, dropout_p,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        **constexprs,
     )
     return dq, dk, dv
 
 
-def _register_configs():
-    """AOT entries (DESIGN §6): the three kernels with and without dropout for each registered (dtype, head dim)."""
+def _register_launch_configs():
+    """AOT entries (docs/design.md §6): the three kernels with and without dropout for each registered
+    (dtype, head dim).
+    q, k, v, out and the gradients are in that dtype; the bias and the per-row statistics fp32; strides and sizes
+    i32."""
     full = os.environ.get("ELECTRA_FAST_AOT_FULL", "0") not in ("", "0")
-    for dtype_name, head_dim in FULL_AOT_CONFIGS if full else REGISTERED_CONFIGS:
-        pointer = _POINTER_TYPES[dtype_name]
+    fixed_types = {"key_bias_ptr": "*fp32", "bounds_ptr": "*i32", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
+                   "scale": "fp32", "scale_log2": "fp32", "seed": "i64", "dropout_p": "fp32"}
+    for dtype, head_dim in FULL_AOT_CONFIGS if full else REGISTERED_CONFIGS:
+        tensor = pointer_type(dtype)
         block_d = block_head_dim(head_dim)
         for dropout in (False, True):
             configs = _tile_configs(block_d, dropout)
-            for kernel, role, tensors in (
-                (attention_forward_kernel, "forward",
-                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer}),
-                (attention_backward_dq_kernel, "dq",
-                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "out_ptr": pointer, "dout_ptr": pointer,
-                  "delta_ptr": "*fp32", "dq_ptr": pointer}),
-                (attention_backward_dkdv_kernel, "dkdv",
-                 {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer, "dout_ptr": pointer,
-                  "delta_ptr": "*fp32", "dk_ptr": pointer, "dv_ptr": pointer}),
-            ):
-                block_m, block_n, num_warps, num_stages = configs[role]
-                constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=block_m, BLOCK_N=block_n,
-                                  BLOCK_D=block_d)
-                signature = {}
-                for name in kernel.arg_names:
-                    if name in constexprs:
-                        continue
-                    if name in tensors:
-                        signature[name] = tensors[name]
-                    elif name in ("key_bias_ptr", "lse_ptr"):
-                        signature[name] = "*fp32"
-                    elif name == "bounds_ptr":
-                        signature[name] = "*i32"
-                    elif name in ("scale", "scale_log2", "dropout_p"):
-                        signature[name] = "fp32"
-                    elif name == "seed":
-                        signature[name] = "i64"
-                    else:  # strides, sizes
-                        signature[name] = "i32"
-                register(kernel, signature, constexprs, num_warps=num_warps, num_stages=num_stages)
+            for kernel, role in ((attention_forward_kernel, "forward"), (attention_backward_dq_kernel, "dq"),
+                                 (attention_backward_dkdv_kernel, "dkdv")):
+                tiles = configs[role]
+                constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=tiles.block_m,
+                                  BLOCK_N=tiles.block_n, BLOCK_D=block_d)
+                signature = {name: fixed_types.get(name, tensor if name.endswith("_ptr") else "i32")
+                             for name in kernel.arg_names if name not in constexprs}
+                register(kernel, signature, constexprs, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
-_register_configs()
+_register_launch_configs()

@@ -17,7 +17,6 @@ Every load is upcast to fp32 (bf16 arithmetic is wrong in the interpreter); oper
 ``DOT_DTYPE`` (the dtype of ``hidden``) just before ``tl.dot``, with IEEE fp32 products when it is fp32.
 """
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +24,12 @@ import triton
 import triton.language as tl
 
 from .philox import draw_uniform
-from .registry import register
+from .registry import TRITON_DTYPES, interpreted, pointer_type, register
 
 GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tiles:
     """Launch configuration of one precision. BLOCK_K steps E in the logits product; the backward's output
     E-tile is the smallest of ``output_block_e`` covering E (larger E recomputes logits once per E-tile)."""
@@ -49,22 +48,20 @@ class Tiles:
 
 
 # 16-bit inputs run tensor-core dots; the forward's [64, 64] tile keeps the per-element Philox draws within
-# the register file. fp32 inputs use exact IEEE products (DESIGN §5: ~1e-5 relative), which run on CUDA
+# the register file. fp32 inputs use exact IEEE products (docs/design.md §5: ~1e-5 relative), which run on CUDA
 # cores with small tiles (larger ones spill).
-HALF_TILES = Tiles(64, 64, 64, 32, (64, 128), "ieee", num_warps=8, num_stages=3)
-FLOAT_TILES = Tiles(32, 32, 32, 32, (64,), "ieee", num_warps=4, num_stages=1)
+HALF_TILES = Tiles(block_m=64, block_v=64, block_k=64, backward_block_k=32, output_block_e=(64, 128),
+                   input_precision="ieee", num_warps=8, num_stages=3)
+FLOAT_TILES = Tiles(block_m=32, block_v=32, block_k=32, backward_block_k=32, output_block_e=(64,),
+                    input_precision="ieee", num_warps=4, num_stages=1)
 
 
 def tiles_for(dtype: torch.dtype) -> Tiles:
     # The interpreter's cost is per program, not per element, and it has no registers to spill: there fp32
     # runs with the 16-bit tiles (the masking logic under test is the same for every tile size).
-    if dtype == torch.float32 and not _interpreted():
+    if dtype == torch.float32 and not interpreted():
         return FLOAT_TILES
     return HALF_TILES
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
@@ -73,6 +70,10 @@ def _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E
                  DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     """fp32 logits [BLOCK_M, BLOCK_V] = hidden[offs_m] @ weight[offs_v].T + bias; -inf past V."""
+    # Every block is a tl.arange length (a power of two) and a tl.dot dimension (at least 16).
+    tl.static_assert((BLOCK_M & (BLOCK_M - 1)) == 0 and BLOCK_M >= 16, "BLOCK_M must be a power of two >= 16")
+    tl.static_assert((BLOCK_V & (BLOCK_V - 1)) == 0 and BLOCK_V >= 16, "BLOCK_V must be a power of two >= 16")
+    tl.static_assert((BLOCK_K & (BLOCK_K - 1)) == 0 and BLOCK_K >= 16, "BLOCK_K must be a power of two >= 16")
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
     for k0 in range(0, E, BLOCK_K):
@@ -84,6 +85,28 @@ def _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E
         acc = tl.dot(h.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
     acc += tl.load(bias_ptr + offs_v, mask=in_v, other=0.0).to(tl.float32)[None, :]
     return tl.where(in_v[None, :], acc, float("-inf"))
+
+
+@triton.jit
+def _vocab_split(split, v_per_split, V):
+    """[start, end) of a vocabulary split: v_per_split ids (whole BLOCK_V tiles), the last split cut at V."""
+    split_start = split * v_per_split
+    return split_start, tl.minimum(split_start + v_per_split, V)
+
+
+@triton.jit
+def _split_logits_tile(v0, split_end, hidden_ptr, weight_ptr, bias_ptr, offs_m, in_m, E,
+                       stride_hm, stride_he, stride_wv, stride_we,
+                       DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One step of the loop over a vocabulary split: the ids v0 + [0, BLOCK_V), which of them are in the split,
+    and their fp32 logits (-inf past the split)."""
+    offs_v = v0 + tl.arange(0, BLOCK_V)
+    in_v = offs_v < split_end
+    logits = _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E,
+                          stride_hm, stride_he, stride_wv, stride_we,
+                          DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
+    return offs_v, in_v, logits
 
 
 @triton.jit(do_not_specialize=["seed"])  # the seed changes every step: one compiled kernel for all of them
@@ -102,7 +125,7 @@ def generator_head_forward_kernel(
     in_m = offs_m < M
     targets = tl.load(targets_ptr + offs_m, mask=in_m, other=-1).to(tl.int64)
     excluded = tl.where(disallow_correct != 0, targets, -1)  # the id disallow_correct removes (-1: none)
-    row_base = offs_m.to(tl.int64) * V  # Gumbel element index = row * V + v (DESIGN §4)
+    row_base = offs_m.to(tl.int64) * V  # Gumbel element index = row * V + v (docs/design.md §4)
 
     running_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -110,14 +133,11 @@ def generator_head_forward_kernel(
     best_score = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     best_index = tl.zeros((BLOCK_M,), dtype=tl.int64)
 
-    split_start = split * v_per_split
-    split_end = tl.minimum(split_start + v_per_split, V)
+    split_start, split_end = _vocab_split(split, v_per_split, V)
     for v0 in range(split_start, split_end, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
-        in_v = offs_v < split_end
-        logits = _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E,
-                              stride_hm, stride_he, stride_wv, stride_we,
-                              DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
+        offs_v, in_v, logits = _split_logits_tile(v0, split_end, hidden_ptr, weight_ptr, bias_ptr, offs_m, in_m, E,
+                                                  stride_hm, stride_he, stride_wv, stride_we,
+                                                  DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
         # Online log-sum-exp in fp32 (every tile has at least one column < V, so tile_max is finite).
         tile_max = tl.max(logits, axis=1)
         new_max = tl.maximum(running_max, tile_max)
@@ -167,6 +187,7 @@ def generator_head_backward_hidden_kernel(
 ):
     """fp32 partial dh[split, rows, e-tile] = sum over the split's vocabulary tiles of dlogits @ W[tile, e-tile]
     (logits recomputed). The host sums the few splits in a fixed order."""
+    tl.static_assert((BLOCK_E & (BLOCK_E - 1)) == 0 and BLOCK_E >= 16, "BLOCK_E must be a power of two >= 16")
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     split = tl.program_id(2)
@@ -177,14 +198,11 @@ def generator_head_backward_hidden_kernel(
     row_scale = tl.load(row_scale_ptr + offs_m, mask=in_m, other=0.0).to(tl.float32)
 
     acc = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
-    split_start = split * v_per_split
-    split_end = tl.minimum(split_start + v_per_split, V)
+    split_start, split_end = _vocab_split(split, v_per_split, V)
     for v0 in range(split_start, split_end, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
-        in_v = offs_v < split_end
-        logits = _logits_tile(hidden_ptr, weight_ptr, bias_ptr, offs_m, offs_v, in_m, in_v, E,
-                              stride_hm, stride_he, stride_wv, stride_we,
-                              DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
+        offs_v, in_v, logits = _split_logits_tile(v0, split_end, hidden_ptr, weight_ptr, bias_ptr, offs_m, in_m, E,
+                                                  stride_hm, stride_he, stride_wv, stride_we,
+                                                  DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_K)
         grad_logits = _dlogits_tile(logits, lse, targets, row_scale, offs_v)
         w = tl.load(weight_ptr + offs_v[:, None] * stride_wv + offs_e[None, :] * stride_we,
                     mask=in_v[:, None] & in_e[None, :], other=0.0).to(tl.float32)
@@ -203,6 +221,7 @@ def generator_head_backward_weight_kernel(
 ):
     """dW[v-tile, e-tile] = dlogits[:, tile]^T @ h[:, e-tile] over all rows (logits recomputed), accumulated
     in fp32 registers in row order and cast once; db[v-tile] is stored by the e-tile-0 program."""
+    tl.static_assert((BLOCK_E & (BLOCK_E - 1)) == 0 and BLOCK_E >= 16, "BLOCK_E must be a power of two >= 16")
     offs_v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     pid_e = tl.program_id(1)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -231,15 +250,12 @@ def generator_head_backward_weight_kernel(
         tl.store(grad_bias_ptr + offs_v, bias_acc, mask=in_v)
 
 
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 def _vocab_splits(other_programs: int, V: int, tiles: Tiles, device: torch.device) -> tuple[int, int]:
     """(number of vocabulary splits, columns per split): with ``other_programs`` programs per split, enough
-    programs to fill the GPU when M is small (one split when M alone fills it)."""
+    programs to fill the GPU when M is small (one split when M alone fills it). The interpreter runs programs
+    one after another: there a few splits suffice."""
     vocab_tiles = triton.cdiv(V, tiles.block_v)
-    wanted_programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    wanted_programs = 4 if interpreted() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     splits = min(vocab_tiles, max(1, triton.cdiv(wanted_programs, other_programs)))
     tiles_per_split = triton.cdiv(vocab_tiles, splits)
     return triton.cdiv(vocab_tiles, tiles_per_split), tiles_per_split * tiles.block_v
@@ -265,7 +281,7 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
         hidden, weight, _bias_or_zeros(bias, weight), targets, partial[0], partial[1], partial[2], partial_index,
         seed, float(temperature), int(disallow_correct), M, V, E, v_per_split,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        DOT_DTYPE=_TRITON_DTYPES[hidden.dtype],
+        DOT_DTYPE=TRITON_DTYPES[hidden.dtype],
         INPUT_PRECISION=tiles.input_precision, BLOCK_M=tiles.block_m, BLOCK_V=tiles.block_v, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
@@ -290,7 +306,7 @@ def backward(hidden, weight, bias, targets, lse, row_scale):
     grad_bias = torch.empty((V,), dtype=torch.float32, device=weight.device)
     bias = _bias_or_zeros(bias, weight)
     constexprs = dict(
-        DOT_DTYPE=_TRITON_DTYPES[hidden.dtype], INPUT_PRECISION=tiles.input_precision,
+        DOT_DTYPE=TRITON_DTYPES[hidden.dtype], INPUT_PRECISION=tiles.input_precision,
         BLOCK_M=tiles.block_m, BLOCK_V=tiles.block_v, BLOCK_K=tiles.backward_block_k, BLOCK_E=block_e,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
@@ -311,13 +327,13 @@ def _register_launch_configs():
     """Every constexpr combination the launchers use, for the AOT compile check, in bf16 (fp16 compiles the
     same code) and fp32."""
     for dtype in (torch.bfloat16, torch.float32):
-        ty = _SIGNATURE_DTYPES[dtype]
+        tensor = pointer_type(dtype)
         tiles = FLOAT_TILES if dtype == torch.float32 else HALF_TILES
         options = dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-        inputs = {"hidden_ptr": f"*{ty}", "weight_ptr": f"*{ty}", "bias_ptr": f"*{ty}", "targets_ptr": "*i64"}
+        inputs = {"hidden_ptr": tensor, "weight_ptr": tensor, "bias_ptr": tensor, "targets_ptr": "*i64"}
         strides = {"stride_hm": "i32", "stride_he": "i32", "stride_wv": "i32", "stride_we": "i32"}
         sizes = {"M": "i32", "V": "i32", "E": "i32"}
-        common = {"DOT_DTYPE": _TRITON_DTYPES[dtype], "INPUT_PRECISION": tiles.input_precision,
+        common = {"DOT_DTYPE": TRITON_DTYPES[dtype], "INPUT_PRECISION": tiles.input_precision,
                   "BLOCK_M": tiles.block_m, "BLOCK_V": tiles.block_v}
         register(
             generator_head_forward_kernel,
@@ -337,7 +353,7 @@ def _register_launch_configs():
             )
             register(
                 generator_head_backward_weight_kernel,
-                {**backward_inputs, "grad_weight_ptr": f"*{ty}", "grad_bias_ptr": "*fp32", **sizes, **strides,
+                {**backward_inputs, "grad_weight_ptr": tensor, "grad_bias_ptr": "*fp32", **sizes, **strides,
                  "stride_gv": "i32"},
                 backward, **options,
             )

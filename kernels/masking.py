@@ -1,18 +1,20 @@
-"""Fused ELECTRA masking: choose positions and corrupt them in one launch (DESIGN §1.1, §4).
+"""Fused ELECTRA masking: choose positions and corrupt them in one launch (docs/design.md §1.1, §4).
 
 Each program keeps whole rows in registers (up to ``MAX_SEQ_LEN`` tokens; one row per program on a GPU, a tile
-of rows under the interpreter, whose cost is per operation): it reads the ids and the attention mask once, draws a Philox priority key per candidate token, finds the k smallest keys by a 32-step
-binary search on the key bits (ties broken by position with a prefix sum), and writes the corrupted ids,
-``is_masked``, and the fixed-size ``positions`` / ``targets`` / ``weights`` slots (slot = prefix count of chosen
-positions, so positions come out ascending). Every choice equals ``electra_fast.reference.mask_tokens`` bit for
-bit: same draws (``kernels.philox``), same float32 arithmetic for k and the action thresholds.
+of rows under the interpreter, whose cost is per operation): it reads the ids and the attention mask once,
+draws a Philox priority key per candidate token, finds the k smallest keys by a 32-step binary search on the
+key bits (ties broken by position with a prefix sum), and writes the corrupted ids, ``is_masked``, and the
+fixed-size ``positions`` / ``targets`` / ``weights`` slots (slot = prefix count of chosen positions, so
+positions come out ascending). Every choice equals ``electra_fast.reference.mask_tokens`` bit for bit: same
+draws (``kernels.philox``), same float32 arithmetic for k and the action thresholds.
 """
 
+import torch
 import triton
 import triton.language as tl
 
 from .philox import draw_uint32, draw_uniform, uint32_to_uniform
-from .registry import register
+from .registry import interpreted, pointer_type, register
 
 # Streams of electra_fast.rng.Stream (kernels/ does not import electra_fast).
 STREAM_MASK_KEYS = tl.constexpr(1)
@@ -66,11 +68,15 @@ def mask_tokens_kernel(
     has_mask, bernoulli, use_random,
     BLOCK_ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    # BLOCK_L is also >= seq_len (the launcher's block_size): a row is one tile, so one sum or cumsum along
+    # axis 1 counts or ranks within a row.
+    tl.static_assert((BLOCK_L & (BLOCK_L - 1)) == 0, "BLOCK_L must be a power of two")
+    tl.static_assert((BLOCK_ROWS & (BLOCK_ROWS - 1)) == 0, "BLOCK_ROWS must be a power of two")
     # A [BLOCK_ROWS, BLOCK_L] tile holds whole rows; every per-row quantity is a [BLOCK_ROWS] vector.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_L)
     in_tile = (rows[:, None] < batch) & (cols[None, :] < seq_len)
-    # The element index of every draw (DESIGN §4) is row_start + col, formed at each use rather than kept as
+    # The element index of every draw (docs/design.md §4) is row_start + col, formed at each use rather than kept as
     # an int64 tile live through the search below: that cut a 4096-token row from 255 registers to about 200
     # (Triton 3.9) and removed its spills on sm_90a with Triton 3.6 (sm_80 with 3.6 still spills 24 bytes).
     row_start = rows[:, None] * seq_len
@@ -163,39 +169,15 @@ def num_warps_for(block_l: int) -> int:
     return min(8, max(1, block_l // 128))
 
 
-def rows_per_program(batch: int, block_l: int, interpreted: bool) -> int:
+def rows_per_program(batch: int, block_l: int) -> int:
     """One row per program on a GPU (B programs keep every SM busy); under the interpreter, whose cost is per
     operation rather than per element, as many rows as fit a tile of 2**14 tokens."""
-    if not interpreted:
+    if not interpreted():
         return 1
     return min(triton.next_power_of_2(batch), max(1, 2**14 // block_l))
 
 
-_SCALARS = {
-    "seed": "i64", "batch": "i32", "seq_len": "i32", "max_predictions": "i32", "mask_token_id": "i32",
-    **{f"special_{i}": "i32" for i in range(SPECIAL_SLOTS)},
-    "n_vocab_specials": "i32", "vocab_size": "i32", "mask_prob": "fp32", "t_mask": "fp32", "t_random": "fp32",
-    "has_mask": "i1", "bernoulli": "i1", "use_random": "i1",
-}
-
-
-def _signature(ids_type: str, mask_type: str) -> dict:
-    pointers = {"ids_ptr": ids_type, "valid_ptr": mask_type, "out_ids_ptr": ids_type, "positions_ptr": "*i64",
-                "targets_ptr": "*i64", "weights_ptr": "*fp32", "is_masked_ptr": "*i1"}
-    return {**pointers, **_SCALARS}
-
-
-# The compiled (GPU) launches: one row per program, every block size up to MAX_SEQ_LEN; int64 ids and mask as
-# transformers tokenizers return them, and int32 ids with a bool mask at one size.
-_block = MIN_BLOCK_L
-while _block <= MAX_SEQ_LEN:
-    register(mask_tokens_kernel, _signature("*i64", "*i64"), {"BLOCK_ROWS": 1, "BLOCK_L": _block},
-             num_warps=num_warps_for(_block))
-    _block *= 2
-register(mask_tokens_kernel, _signature("*i32", "*i1"), {"BLOCK_ROWS": 1, "BLOCK_L": 512}, num_warps=num_warps_for(512))
-
-
-def mask_tokens(
+def forward(
     input_ids,
     attention_mask,
     *,
@@ -219,8 +201,6 @@ def mask_tokens(
     thresholds. ``block_rows`` overrides ``rows_per_program``. Returns (input_ids, positions, targets, weights,
     is_masked).
     """
-    import torch
-
     batch, seq_len = input_ids.shape
     if seq_len > MAX_SEQ_LEN:
         raise ValueError(f"the masking kernel handles sequences up to {MAX_SEQ_LEN} tokens, got {seq_len}")
@@ -241,7 +221,7 @@ def mask_tokens(
     valid = attention_mask.contiguous() if has_mask else input_ids
     block_l = block_size(seq_len)
     if block_rows is None:
-        block_rows = rows_per_program(batch, block_l, interpreted=device.type != "cuda")
+        block_rows = rows_per_program(batch, block_l)
     mask_tokens_kernel[(triton.cdiv(batch, block_rows),)](
         input_ids, valid, out_ids, positions, targets, weights, is_masked,
         seed, batch, seq_len, max_predictions, mask_token_id, *padded_specials,
@@ -250,3 +230,31 @@ def mask_tokens(
         BLOCK_ROWS=block_rows, BLOCK_L=block_l, num_warps=num_warps_for(block_l),
     )
     return out_ids, positions, targets, weights, is_masked
+
+
+def _register_launch_configs():
+    """The compiled (GPU) launches: one row per program, every block size up to MAX_SEQ_LEN; int64 ids and mask
+    as transformers tokenizers return them, and int32 ids with a bool mask at one size."""
+    scalars = {
+        "seed": "i64", "batch": "i32", "seq_len": "i32", "max_predictions": "i32", "mask_token_id": "i32",
+        **{f"special_{i}": "i32" for i in range(SPECIAL_SLOTS)},
+        "n_vocab_specials": "i32", "vocab_size": "i32", "mask_prob": "fp32", "t_mask": "fp32", "t_random": "fp32",
+        "has_mask": "i1", "bernoulli": "i1", "use_random": "i1",
+    }
+
+    def signature(ids_dtype: torch.dtype, mask_dtype: torch.dtype) -> dict:
+        ids, mask = pointer_type(ids_dtype), pointer_type(mask_dtype)
+        pointers = {"ids_ptr": ids, "valid_ptr": mask, "out_ids_ptr": ids, "positions_ptr": "*i64",
+                    "targets_ptr": "*i64", "weights_ptr": "*fp32", "is_masked_ptr": "*i1"}
+        return {**pointers, **scalars}
+
+    block_l = MIN_BLOCK_L
+    while block_l <= MAX_SEQ_LEN:
+        register(mask_tokens_kernel, signature(torch.int64, torch.int64), {"BLOCK_ROWS": 1, "BLOCK_L": block_l},
+                 num_warps=num_warps_for(block_l))
+        block_l *= 2
+    register(mask_tokens_kernel, signature(torch.int32, torch.bool), {"BLOCK_ROWS": 1, "BLOCK_L": 512},
+             num_warps=num_warps_for(512))
+
+
+_register_launch_configs()

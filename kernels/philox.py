@@ -1,5 +1,6 @@
 """Philox draws inside kernels, named by (seed, stream, element index) exactly as ``electra_fast.rng.draw``."""
 
+import torch
 import triton
 import triton.language as tl
 
@@ -36,6 +37,7 @@ def draw_uniform(seed, stream: tl.constexpr, index):
 @triton.jit
 def philox_draws_kernel(index_ptr, draws_ptr, uniforms_ptr, seed, n, STREAM: tl.constexpr, BLOCK: tl.constexpr):
     """Test kernel: the draw and its uniform for each int64 index (ties kernels/philox.py to electra_fast.rng)."""
+    tl.static_assert((BLOCK & (BLOCK - 1)) == 0, "BLOCK must be a power of two")
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_range = offsets < n
     index = tl.load(index_ptr + offsets, mask=in_range, other=0)
@@ -45,17 +47,10 @@ def philox_draws_kernel(index_ptr, draws_ptr, uniforms_ptr, seed, n, STREAM: tl.
 
 
 PHILOX_BLOCK = 256
-register(
-    philox_draws_kernel,
-    {"index_ptr": "*i64", "draws_ptr": "*i64", "uniforms_ptr": "*fp32", "seed": "i64", "n": "i32"},
-    {"STREAM": 4, "BLOCK": PHILOX_BLOCK},
-)
 
 
 def philox_draws(seed: int, stream: int, index):
     """Launch the test kernel over a 1-D int64 index tensor; returns (draws int64, uniforms float32)."""
-    import torch
-
     index = index.contiguous()
     draws = torch.empty_like(index, dtype=torch.int64)
     uniforms = torch.empty_like(index, dtype=torch.float32)
@@ -63,3 +58,15 @@ def philox_draws(seed: int, stream: int, index):
     grid = (triton.cdiv(n, PHILOX_BLOCK),)
     philox_draws_kernel[grid](index, draws, uniforms, seed, n, STREAM=stream, BLOCK=PHILOX_BLOCK)
     return draws, uniforms
+
+
+def _register_launch_configs():
+    """The test kernel at one stream (the stream only changes a constant)."""
+    register(
+        philox_draws_kernel,
+        {"index_ptr": "*i64", "draws_ptr": "*i64", "uniforms_ptr": "*fp32", "seed": "i64", "n": "i32"},
+        {"STREAM": 4, "BLOCK": PHILOX_BLOCK},
+    )
+
+
+_register_launch_configs()

@@ -1,13 +1,44 @@
-"""Launch configurations that the AOT compile test builds for sm_80 and sm_90a (DESIGN §6).
+"""The conventions every kernel module follows, and the launch configurations the AOT compile test builds.
 
-Each kernel module calls ``register(kernel, signature, constexprs, num_warps=..., num_stages=...)`` once per
-configuration it launches with: ``signature`` maps every non-constexpr argument to its Triton type
-("*fp32", "i32", "i64", "fp32", ...), ``constexprs`` maps constexpr arguments to values.
+* ``interpreted()`` says whether kernels run in the Triton interpreter (on CPU tensors) rather than compiled for
+  a GPU. Launchers pick their tiles from it: the interpreter has no registers to spill and costs per program,
+  not per element, so it runs larger tiles (fewer programs to simulate).
+* ``TRITON_DTYPES`` maps a torch dtype to its Triton dtype (for constexprs such as ``DOT_DTYPE``) and
+  ``SIGNATURE_TYPES`` to its type in an AOT signature (``pointer_type(dtype)`` gives "*fp16", ...).
+* Launchers are named ``forward(...)`` and, where a kernel has a gradient, ``backward(...)`` (philox.py holds
+  device functions; its one launcher, ``philox_draws``, exists for a test); tile configuration objects are
+  built with keyword arguments.
+* Each module defines ``_register_launch_configs()`` and calls it once, at the end of the module. It calls
+  ``register(kernel, signature, constexprs, num_warps=..., num_stages=...)`` once per configuration its
+  launchers use on a GPU (docs/design.md §6): ``signature`` maps every non-constexpr argument, in the kernel's order, to
+  its Triton type ("*fp32", "i32", "i64", "fp32", ...), ``constexprs`` maps constexpr arguments to values.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+import torch
+import triton.language as tl
+
+
+def interpreted() -> bool:
+    """Whether TRITON_INTERPRET is set, i.e. @triton.jit kernels run in the interpreter (the same test as
+    ``electra_fast.backend.interpreter_enabled``, which sends CPU tensors to the kernels only then)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+SIGNATURE_TYPES = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1",
+}
+
+
+def pointer_type(dtype: torch.dtype) -> str:
+    """AOT signature type of a pointer to ``dtype`` elements, e.g. "*bf16"."""
+    return "*" + SIGNATURE_TYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -30,4 +61,8 @@ CONFIGS: list[LaunchConfig] = []
 
 
 def register(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4, num_stages: int = 3):
-    CONFIGS.append(LaunchConfig(kernel, dict(signature), dict(constexprs or {}), num_warps, num_stages))
+    constexprs = dict(constexprs or {})
+    expected = [name for name in kernel.arg_names if name not in constexprs]
+    if list(signature) != expected:
+        raise ValueError(f"the signature of {kernel} must list {expected} in this order, got {list(signature)}")
+    CONFIGS.append(LaunchConfig(kernel, dict(signature), constexprs, num_warps, num_stages))

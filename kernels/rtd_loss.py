@@ -1,4 +1,4 @@
-"""Replaced-token-detection loss: the discriminator head after its H x H matmul, fused (DESIGN §1.4-1.5).
+"""Replaced-token-detection loss: the discriminator head after its H x H matmul, fused (docs/design.md §1.4-1.5).
 
 The H x H matmul ``projected = hidden @ dense_weight.T`` stays in cuBLAS. These kernels do everything after it:
 
@@ -14,16 +14,18 @@ Every load is upcast to fp32 and all arithmetic and accumulation is fp32; only d
 input dtype when stored (torch's matmul backward consumes it in that dtype).
 """
 
+import torch
 import triton
 import triton.language as tl
 
-from .registry import register
+from ..contracts import ACTIVATION_FUNCTIONS, activation_code
+from .registry import pointer_type, register
 
-# Activation codes (constexpr): the transformers names they implement are mapped in ACTIVATION_CODES.
-GELU_ERF = tl.constexpr(0)  # "gelu": x * Phi(x), exact erf (what transformers' "gelu" uses)
-GELU_TANH = tl.constexpr(1)  # "gelu_new" / "gelu_pytorch_tanh": the tanh approximation
-RELU = tl.constexpr(2)
-ACTIVATION_CODES = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "relu": 2}
+# Activation codes (constexpr): the index of the function in contracts.ACTIVATION_FUNCTIONS, which also maps
+# the transformers names onto them.
+GELU_ERF = tl.constexpr(ACTIVATION_FUNCTIONS.index("gelu_erf"))  # "gelu": x * Phi(x), exact erf
+GELU_TANH = tl.constexpr(ACTIVATION_FUNCTIONS.index("gelu_tanh"))  # "gelu_new" / "gelu_pytorch_tanh"
+RELU = tl.constexpr(ACTIVATION_FUNCTIONS.index("relu"))
 
 # Metric counts per program, in this order, in the int32 count partials.
 COUNT_NAMES = ("correct", "predicted_replaced", "true_positive", "replaced", "valid")
@@ -49,6 +51,13 @@ NUM_STAGES = 1  # no tl.dot to pipeline
 # The backward splits the rows into at most this many groups; each group writes one row of weight-gradient
 # partials, so the partials stay small ([groups, H]) and their reduction order depends only on N.
 MAX_BACKWARD_GROUPS = 512
+
+
+@triton.jit
+def _check_tiles(BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    tl.static_assert((BLOCK_ROWS & (BLOCK_ROWS - 1)) == 0, "BLOCK_ROWS must be a power of two")
+    # Any width runs: both kernels step over H in BLOCK_COLS chunks with a column mask.
+    tl.static_assert((BLOCK_COLS & (BLOCK_COLS - 1)) == 0, "BLOCK_COLS must be a power of two")
 
 
 @triton.jit
@@ -91,6 +100,7 @@ def rtd_loss_forward_kernel(
     ACTIVATION: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):
     """One program = BLOCK_ROWS tokens: logits, labels, and this block's loss sum and metric counts."""
+    _check_tiles(BLOCK_ROWS, BLOCK_COLS)
     program = tl.program_id(0)
     rows = program * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_in = rows < n_rows
@@ -101,7 +111,8 @@ def rtd_loss_forward_kernel(
     for col_start in range(0, width, BLOCK_COLS):
         cols = col_start + tl.arange(0, BLOCK_COLS)
         col_in = cols < width
-        x = tl.load(projected_ptr + row_offsets[:, None] + cols[None, :], mask=row_in[:, None] & col_in[None, :], other=0.0)
+        x = tl.load(projected_ptr + row_offsets[:, None] + cols[None, :], mask=row_in[:, None] & col_in[None, :],
+                    other=0.0)
         bias = tl.load(dense_bias_ptr + cols, mask=col_in, other=0.0).to(tl.float32)
         weight = tl.load(prediction_weight_ptr + cols, mask=col_in, other=0.0).to(tl.float32)
         # Out-of-range entries are 0 and act(0) = 0 with weight 0: they add nothing.
@@ -150,6 +161,7 @@ def rtd_loss_backward_kernel(
     d(projected) = d(logit) * w * act'(x + b); d(w) = sum_rows d(logit) * act(x + b);
     d(dense bias) = sum_rows d(projected); d(prediction bias) = sum_rows d(logit).
     """
+    _check_tiles(BLOCK_ROWS, BLOCK_COLS)
     group = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = chunk * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
@@ -190,45 +202,8 @@ def rtd_loss_backward_kernel(
         tl.store(grad_prediction_bias_partials_ptr + group, tl.sum(grad_logit_sum, axis=0))
 
 
-TORCH_TO_TRITON = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-
-for _dtype in TORCH_TO_TRITON.values():
-    for _code in sorted(set(ACTIVATION_CODES.values())):
-        register(
-            rtd_loss_forward_kernel,
-            {
-                "projected_ptr": _dtype, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
-                "prediction_bias_ptr": "*fp32", "corrupted_ptr": "*i64", "original_ptr": "*i64", "valid_ptr": "*u8",
-                "logits_ptr": "*fp32", "labels_ptr": "*u8", "loss_partials_ptr": "*fp32", "count_partials_ptr": "*i32",
-                "n_rows": "i32", "width": "i32",
-            },
-            {"ACTIVATION": _code, "BLOCK_ROWS": FORWARD_BLOCK_ROWS, "BLOCK_COLS": FORWARD_BLOCK_COLS},
-            num_warps=FORWARD_WARPS,
-            num_stages=NUM_STAGES,
-        )
-        register(
-            rtd_loss_backward_kernel,
-            {
-                "projected_ptr": _dtype, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
-                "logits_ptr": "*fp32", "labels_ptr": "*u8", "valid_ptr": "*u8", "grad_logits_ptr": "*fp32",
-                "loss_scale_ptr": "*fp32", "grad_projected_ptr": _dtype, "grad_weight_partials_ptr": "*fp32",
-                "grad_dense_bias_partials_ptr": "*fp32", "grad_prediction_bias_partials_ptr": "*fp32",
-                "n_rows": "i32", "width": "i32", "rows_per_group": "i32",
-            },
-            {"ACTIVATION": _code, "BLOCK_ROWS": BACKWARD_BLOCK_ROWS, "BLOCK_COLS": BACKWARD_BLOCK_COLS},
-            num_warps=BACKWARD_WARPS,
-            num_stages=NUM_STAGES,
-        )
-
-
-def _activation_code(activation: str) -> int:
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, got {activation!r}")
-    return ACTIVATION_CODES[activation]
-
-
-def rtd_loss_forward(projected, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids, valid,
-                     activation: str):
+def forward(projected, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids, valid,
+            activation: str):
     """Launch the forward on flat, contiguous inputs.
 
     ``projected`` [N, H] fp32/fp16/bf16 (hidden @ dense_weight.T, no bias); ``dense_bias`` and
@@ -236,8 +211,6 @@ def rtd_loss_forward(projected, dense_bias, prediction_weight, prediction_bias, 
     Returns logits [N] fp32, labels [N] uint8, loss partials [programs] fp32, count partials
     [programs, 5] int32 (columns as COUNT_NAMES).
     """
-    import torch
-
     n_rows, width = projected.shape
     programs = triton.cdiv(n_rows, FORWARD_BLOCK_ROWS)
     device = projected.device
@@ -248,22 +221,20 @@ def rtd_loss_forward(projected, dense_bias, prediction_weight, prediction_bias, 
     rtd_loss_forward_kernel[(programs,)](
         projected, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids, valid,
         logits, labels, loss_partials, count_partials, n_rows, width,
-        ACTIVATION=_activation_code(activation), BLOCK_ROWS=FORWARD_BLOCK_ROWS, BLOCK_COLS=FORWARD_BLOCK_COLS,
+        ACTIVATION=activation_code(activation), BLOCK_ROWS=FORWARD_BLOCK_ROWS, BLOCK_COLS=FORWARD_BLOCK_COLS,
         num_warps=FORWARD_WARPS, num_stages=NUM_STAGES,
     )
     return logits, labels, loss_partials, count_partials
 
 
-def rtd_loss_backward(projected, dense_bias, prediction_weight, logits, labels, valid, grad_logits, loss_scale,
-                      activation: str):
+def backward(projected, dense_bias, prediction_weight, logits, labels, valid, grad_logits, loss_scale,
+             activation: str):
     """Launch the backward; returns d(projected) [N, H] (projected's dtype) and the fp32 partial sums
     d(prediction weight) [groups, H], d(dense bias) [groups, H], d(prediction bias) [groups].
 
     ``grad_logits`` [N] fp32 is the incoming gradient of the logits output (zeros when unused);
     ``loss_scale`` is a 1-element fp32 tensor holding d(loss) / max(n_valid, 1).
     """
-    import torch
-
     n_rows, width = projected.shape
     row_blocks = triton.cdiv(n_rows, BACKWARD_BLOCK_ROWS)
     groups = min(row_blocks, MAX_BACKWARD_GROUPS)
@@ -279,7 +250,42 @@ def rtd_loss_backward(projected, dense_bias, prediction_weight, logits, labels, 
         projected, dense_bias, prediction_weight, logits, labels, valid, grad_logits, loss_scale,
         grad_projected, grad_weight_partials, grad_dense_bias_partials, grad_prediction_bias_partials,
         n_rows, width, rows_per_group,
-        ACTIVATION=_activation_code(activation), BLOCK_ROWS=BACKWARD_BLOCK_ROWS, BLOCK_COLS=BACKWARD_BLOCK_COLS,
+        ACTIVATION=activation_code(activation), BLOCK_ROWS=BACKWARD_BLOCK_ROWS, BLOCK_COLS=BACKWARD_BLOCK_COLS,
         num_warps=BACKWARD_WARPS, num_stages=NUM_STAGES,
     )
     return grad_projected, grad_weight_partials, grad_dense_bias_partials, grad_prediction_bias_partials
+
+
+def _register_launch_configs():
+    """Both kernels for every input dtype and activation."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        projected = pointer_type(dtype)
+        for code in range(len(ACTIVATION_FUNCTIONS)):
+            register(
+                rtd_loss_forward_kernel,
+                {
+                    "projected_ptr": projected, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
+                    "prediction_bias_ptr": "*fp32", "corrupted_ptr": "*i64", "original_ptr": "*i64",
+                    "valid_ptr": "*u8", "logits_ptr": "*fp32", "labels_ptr": "*u8", "loss_partials_ptr": "*fp32",
+                    "count_partials_ptr": "*i32", "n_rows": "i32", "width": "i32",
+                },
+                {"ACTIVATION": code, "BLOCK_ROWS": FORWARD_BLOCK_ROWS, "BLOCK_COLS": FORWARD_BLOCK_COLS},
+                num_warps=FORWARD_WARPS,
+                num_stages=NUM_STAGES,
+            )
+            register(
+                rtd_loss_backward_kernel,
+                {
+                    "projected_ptr": projected, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
+                    "logits_ptr": "*fp32", "labels_ptr": "*u8", "valid_ptr": "*u8", "grad_logits_ptr": "*fp32",
+                    "loss_scale_ptr": "*fp32", "grad_projected_ptr": projected, "grad_weight_partials_ptr": "*fp32",
+                    "grad_dense_bias_partials_ptr": "*fp32", "grad_prediction_bias_partials_ptr": "*fp32",
+                    "n_rows": "i32", "width": "i32", "rows_per_group": "i32",
+                },
+                {"ACTIVATION": code, "BLOCK_ROWS": BACKWARD_BLOCK_ROWS, "BLOCK_COLS": BACKWARD_BLOCK_COLS},
+                num_warps=BACKWARD_WARPS,
+                num_stages=NUM_STAGES,
+            )
+
+
+_register_launch_configs()

@@ -23,7 +23,8 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def float_dtypes():
-    """Dtypes a kernel is tested in here: bf16 only on a GPU (the interpreter computes bf16 wrongly, DESIGN §6)."""
+    """Dtypes a kernel is tested in here: bf16 only on a GPU (the interpreter computes bf16 wrongly,
+    docs/design.md §6)."""
     return (torch.float32, torch.float16, torch.bfloat16) if GPU else (torch.float32, torch.float16)
 
 

@@ -11,7 +11,7 @@ from transformers import ElectraConfig, ElectraModel
 from transformers.models.electra.modeling_electra import eager_attention_forward
 
 import electra_fast as ef
-from electra_fast import reference, rng
+from electra_fast import ops, reference, rng
 from electra_fast.backend import use_backend
 from electra_fast.fused import attention as fused_attention
 from electra_fast.hf_attention import layer_seed
@@ -92,7 +92,7 @@ def test_fp32_matches_reference_output_lse_and_gradients(device, batch, heads, q
 
 
 def test_fp16_error_within_twice_pytorch_fp16_error(device):
-    """FlashAttention's rule (DESIGN §5): error vs fp64 <= 2 x the error of PyTorch's own fp16 attention."""
+    """FlashAttention's rule (docs/design.md §5): error vs fp64 <= 2 x the error of PyTorch's own fp16 attention."""
     batch, heads, length, head_dim = 3, 2, 77, 64
     q, k, v = projections(batch, heads, length, head_dim, torch.float16, device, seed=3)
     mask = right_padding([77, 50, 9], length, device)
@@ -164,7 +164,9 @@ def test_dropout_output_and_gradients_match_reference_and_repeat_bitwise(device)
     q, k, v = projections(2, 2, 45, 32, DTYPE, device, seed=8)
     mask = right_padding([45, 33], 45, device)
     grad_out = torch.randn(2, 2, 45, 32, generator=torch.Generator().manual_seed(9)).to(device)
-    run = lambda seed: run_with_grads(lambda *t: ef.attention(*t, mask, dropout_p=0.25, seed=seed), q, k, v, grad_out)
+    def run(seed):
+        return run_with_grads(lambda *t: ef.attention(*t, mask, dropout_p=0.25, seed=seed), q, k, v, grad_out)
+
     first, again, other = run(11), run(11), run(12)
     with use_backend("reference"):
         expected = run_with_grads(lambda *t: ef.attention(*t, mask, dropout_p=0.25, seed=11), q, k, v, grad_out)
@@ -179,10 +181,13 @@ def test_packed_varlen_equals_padded_batch(device):
     q, k, v = projections(len(lengths), heads, max_len, head_dim, DTYPE, device, seed=10)
     mask = right_padding(lengths, max_len, device)
     cu_seqlens = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=device, dtype=torch.int32)
-    pack = lambda t: t.transpose(1, 2)[mask]  # [B, heads, L, D] -> [total, heads, D]
+    def pack(t):  # [B, heads, L, D] -> [total, heads, D]
+        return t.transpose(1, 2)[mask]
+
     grad_out = torch.randn(sum(lengths), heads, head_dim, generator=torch.Generator().manual_seed(11)).to(device)
     packed = run_with_grads(
-        lambda *t: ef.attention_varlen(*t, cu_seqlens, max_len, dropout_p=p, seed=5), pack(q), pack(k), pack(v), grad_out
+        lambda *t: ef.attention_varlen(*t, cu_seqlens, max_len, dropout_p=p, seed=5), pack(q), pack(k), pack(v),
+        grad_out,
     )
     q2, k2, v2 = with_grad(q, k, v)
     padded_out = ef.attention(q2, k2, v2, mask, dropout_p=p, seed=5)
@@ -198,7 +203,7 @@ def test_packed_varlen_equals_padded_batch(device):
 def test_head_varying_mask_falls_back_to_reference_with_a_warning(device):
     q, k, v = projections(1, 2, 9, 16, torch.float32, device)
     general = torch.randn(1, 2, 9, 9, device=device)
-    fused_attention._warned_fallbacks.clear()
+    ops._warned_fallbacks.clear()
     with pytest.warns(UserWarning, match="varies over heads or queries"):
         out = ef.attention(q, k, v, general)
     assert_close(out, reference.attention(q, k, v, general), 1e-6, "fallback")
@@ -268,7 +273,9 @@ def test_electra_model_dropout_follows_the_seed_keyword(device):
     model = tiny_electra("electra_fast", attention_probs_dropout_prob=0.3).to(device).train()
     ids = torch.randint(0, 61, (2, 13), generator=torch.Generator().manual_seed(14)).to(device)
     attention_mask = right_padding([13, 7], 13, device).long()
-    run = lambda seed: model(ids, attention_mask=attention_mask, electra_fast_seed=seed).last_hidden_state
+    def run(seed):
+        return model(ids, attention_mask=attention_mask, electra_fast_seed=seed).last_hidden_state
+
     assert torch.equal(run(5), run(5)) and not torch.equal(run(5), run(6))
     assert layer_seed(5, 0) != layer_seed(5, 1)
 

@@ -1,4 +1,4 @@
-"""Dispatch between Triton kernels and the reference (DESIGN §3)."""
+"""Dispatch between Triton kernels and the reference (docs/design.md §3)."""
 
 import pytest
 import torch

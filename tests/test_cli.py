@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from electra_fast import cli, use_backend
-from electra_fast.training import PretrainConfig, pretrain
+from electra_fast.run_config import PretrainConfig
+from electra_fast.training import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for a 2-core CPU: the reference ops (the kernels have their own tests), 32-token sequences.
@@ -194,7 +195,7 @@ def test_scheduler_signals_stop_after_the_step_with_a_checkpoint(tmp_path, token
 
 
 def test_max_time_saves_and_exits_124(tmp_path, tokenizer_dir, capsys):
-    from electra_fast.training import parse_duration
+    from electra_fast.stopping import parse_duration
 
     assert parse_duration("3h30m") == 12600 and parse_duration("45m") == 2700 and parse_duration("90s") == 90
     assert parse_duration("600") == 600 and parse_duration("1.5h") == 5400
@@ -349,7 +350,7 @@ def test_help_shows_each_default_once(capsys):
 
 
 def test_save_every_defaults_to_saving_during_a_readme_sized_run():
-    from electra_fast.training import save_interval
+    from electra_fast.run_config import save_interval
 
     assert save_interval(PretrainConfig(steps=300)) == 60  # the README's command saves at 60, 120, ... 300
     assert save_interval(PretrainConfig(steps=1_000_000)) == 1000

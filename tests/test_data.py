@@ -186,7 +186,8 @@ def test_tokenizer_without_mask_token_is_rejected(tmp_path):
     lines = ["the quick brown fox jumps over the lazy dog"] * 20
     tokenizer = train_wordpiece(lines, vocab_size=60)
     check_special_tokens(tokenizer, "trained")
-    assert tokenizer.mask_token_id is not None and tokenizer.decode(tokenizer("the fox")["input_ids"]) == "[CLS] the fox [SEP]"
+    assert tokenizer.mask_token_id is not None
+    assert tokenizer.decode(tokenizer("the fox")["input_ids"]) == "[CLS] the fox [SEP]"
     tokenizer.mask_token = None
     tokenizer.save_pretrained(str(tmp_path / "no-mask"))
     with pytest.raises(UserInputError, match=r"no mask_token \(\[MASK\]\)"):

@@ -42,7 +42,7 @@ def kernel_loss_and_grads(hidden, weight, bias, targets, weights, **options):
 
 def torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype):
     """Plain PyTorch (F.linear + F.cross_entropy, weighted mean) in ``dtype``: the fp64 ground truth, or the
-    low-precision implementation whose error bounds the kernel's (DESIGN §5)."""
+    low-precision implementation whose error bounds the kernel's (docs/design.md §5)."""
     h, w = leaf(hidden.to(dtype)), leaf(weight.to(dtype))
     b = None if bias is None else leaf(bias.to(dtype))
     nll = F.cross_entropy(F.linear(h, w, b), targets, reduction="none")
@@ -174,7 +174,7 @@ def test_gradients_are_bitwise_deterministic(device):
 
 
 def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes):
-    """DESIGN §5: max error against fp64 <= 2x the error of PyTorch in the same dtype, plus a small slack."""
+    """docs/design.md §5: max error against fp64 <= 2x the error of PyTorch in the same dtype, plus a small slack."""
     for dtype in [d for d in float_dtypes if d != torch.float32]:
         inputs32 = make_inputs(37, 203, 64, device=device, seed=10, zero_rows=(1,))
         hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
@@ -321,5 +321,6 @@ def test_reference_sample_frequencies_follow_softmax(temperature):
 def test_custom_op_registration_passes_opcheck(device):
     """Schema, fake (meta) outputs, autograd registration and AOT dispatch of the custom op agree with it."""
     hidden, weight, bias, targets, weights = make_inputs(5, 11, 8, device=device, zero_rows=(2,))
-    arguments = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets, weights, 1.0, False, 3)
+    arguments = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets, weights, 1.0, False,
+                 3)
     torch.library.opcheck(fused.generator_head_forward, arguments)

@@ -1,7 +1,6 @@
-"""Masking (DESIGN §1.1): the fused kernel equals the reference bit for bit, and the reference does what ELECTRA
+"""Masking (docs/design.md §1.1): the fused kernel equals the reference bit for bit, and the reference does what ELECTRA
 specifies, checked against ground truth computed here independently (counts, invariants, frequencies)."""
 
-import math
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from scipy import stats
 
 import electra_fast as ef
 from electra_fast import reference, rng
+from electra_fast.contracts import MaskingOptions
 from electra_fast.fused import masking as fused_masking
 from electra_fast.kernels import masking as kernel
 
@@ -37,7 +37,8 @@ def make_batch(lengths, seq_len, *, seed, dtype=torch.int64, device="cpu", speci
 
 def assert_identical(got, expected):
     for name, g, e in zip(expected._fields, got, expected):
-        assert g.dtype == e.dtype and g.shape == e.shape, f"{name}: {g.dtype}{tuple(g.shape)} vs {e.dtype}{tuple(e.shape)}"
+        assert g.dtype == e.dtype and g.shape == e.shape, \
+            f"{name}: {g.dtype}{tuple(g.shape)} vs {e.dtype}{tuple(e.shape)}"
         assert torch.equal(g.cpu(), e.cpu()), f"{name} differs at {torch.nonzero(g.cpu() != e.cpu())[:5].tolist()}"
 
 
@@ -109,7 +110,7 @@ def test_kernel_matches_reference_with_many_and_out_of_vocab_specials(device):
     expected = reference.mask_tokens(ids.cpu(), mask_token_id=22, special_token_ids=specials, vocab_size=vocab,
                                      mask_prob=0.5, mask_token_prob=0.2, random_token_prob=0.8, seed=11)
     assert_identical(got, expected)
-    assert fused_masking.kernel_supports(77, specials, 22)
+    assert fused_masking.supports(77, masking_options(77, specials, 22)) is None
 
 
 def test_equal_keys_are_broken_by_position(device):
@@ -131,9 +132,9 @@ def test_kernel_tiles_of_rows_match_reference(block_rows, device):
     """One row per program (the GPU launch), and several rows per program with a partial last tile."""
     ids, mask = make_batch([70, 12, 0, 70, 33], 70, seed=12, device=device)
     t_mask, t_random = reference.action_thresholds(0.8, 0.1)
-    got = kernel.mask_tokens(ids, mask, seed=3, mask_token_id=MASK, special_ids=sorted({*SPECIALS, MASK}),
-                             vocab_size=VOCAB, mask_prob=0.15, max_predictions=10, t_mask=t_mask, t_random=t_random,
-                             use_random=True, bernoulli=False, block_rows=block_rows)
+    got = kernel.forward(ids, mask, seed=3, mask_token_id=MASK, special_ids=sorted({*SPECIALS, MASK}),
+                         vocab_size=VOCAB, mask_prob=0.15, max_predictions=10, t_mask=t_mask, t_random=t_random,
+                         use_random=True, bernoulli=False, block_rows=block_rows)
     expected = reference.mask_tokens(ids.cpu(), mask.cpu(), mask_token_id=MASK, special_token_ids=SPECIALS,
                                      vocab_size=VOCAB, max_predictions=10, mask_token_prob=0.8, random_token_prob=0.1,
                                      seed=3)
@@ -145,9 +146,17 @@ def test_non_contiguous_ids_match_reference(device):
     kernel_vs_reference(ids[:, ::2], mask[:, ::2], seed=4)
 
 
+def masking_options(seq_len, special_token_ids, mask_token_id):
+    return MaskingOptions.resolve(seq_len, mask_token_id=mask_token_id, special_token_ids=special_token_ids,
+                                  mask_prob=0.15, max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0,
+                                  vocab_size=None, mode="exact", seed=0)
+
+
 def test_unsupported_calls_fall_back_to_the_reference():
-    assert not fused_masking.kernel_supports(kernel.MAX_SEQ_LEN + 1, SPECIALS, MASK)
-    assert not fused_masking.kernel_supports(128, range(200, 209), MASK)  # ten distinct specials
+    too_long = kernel.MAX_SEQ_LEN + 1
+    assert "sequence length" in fused_masking.supports(too_long, masking_options(too_long, SPECIALS, MASK))
+    ten_specials = masking_options(128, range(200, 209), MASK)  # nine specials and [MASK]
+    assert "special ids" in fused_masking.supports(128, ten_specials)
     ids = torch.randint(300, 400, (2, 10))
     with ef.use_backend("triton"):
         got = ef.mask_tokens(ids, mask_token_id=MASK, special_token_ids=range(200, 209), seed=1)
@@ -207,7 +216,8 @@ def corrupt_many_rows(rows=1000, seq_len=128, **options):
 def assert_binomial(successes: int, trials: int, p: float, what: str):
     """successes ~ Binomial(trials, p): a two-sided test at 1e-6 (a correct sampler fails once in a million)."""
     p_value = stats.binomtest(successes, trials, p).pvalue
-    assert p_value > 1e-6, f"{what}: {successes}/{trials} = {successes / trials:.4f}, expected {p:.4f} (p={p_value:.1e})"
+    assert p_value > 1e-6, \
+        f"{what}: {successes}/{trials} = {successes / trials:.4f}, expected {p:.4f} (p={p_value:.1e})"
 
 
 def test_mask_keep_random_fractions_are_binomial():

@@ -36,7 +36,8 @@ def test_tied_sharing_uses_the_same_parameters():
     gen_emb = model.generator.electra.embeddings
     disc_emb = model.discriminator.electra.embeddings
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
-        for (pname, p_gen), (_, p_disc) in zip(getattr(gen_emb, name).named_parameters(), getattr(disc_emb, name).named_parameters()):
+        pairs = zip(getattr(gen_emb, name).named_parameters(), getattr(disc_emb, name).named_parameters())
+        for (pname, p_gen), (_, p_disc) in pairs:
             assert p_gen is p_disc, f"{name}.{pname} is not shared"
     assert model.generator.generator_lm_head.weight is gen_emb.word_embeddings.weight
     # Each shared parameter is counted and optimised once.
@@ -51,7 +52,8 @@ def test_gdes_detaches_generator_embeddings_and_learns_a_zero_initialised_delta(
     assert isinstance(disc_words, GDESWordEmbedding)
     assert torch.count_nonzero(disc_words.delta) == 0
     assert torch.equal(disc_words.weight, gen_words.weight)
-    assert model.discriminator.electra.embeddings.position_embeddings is model.generator.electra.embeddings.position_embeddings
+    disc_embeddings, gen_embeddings = model.discriminator.electra.embeddings, model.generator.electra.embeddings
+    assert disc_embeddings.position_embeddings is gen_embeddings.position_embeddings
     ids, mask = make_batch()
     model(ids, mask, seed=3).loss.backward()
     # With gen_weight 0 only the discriminator's loss flows; it must not reach the generator's word embeddings.
@@ -167,7 +169,8 @@ def test_presets_have_the_paper_sizes():
     from electra_fast.presets import electra_configs, get_preset
 
     gen, disc = electra_configs(get_preset("base"), 30522)
-    assert (disc.hidden_size, disc.num_hidden_layers, disc.num_attention_heads, disc.embedding_size) == (768, 12, 12, 768)
+    sizes = (disc.hidden_size, disc.num_hidden_layers, disc.num_attention_heads, disc.embedding_size)
+    assert sizes == (768, 12, 12, 768)
     assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size, gen.embedding_size) == (256, 4, 1024, 768)
     gen, disc = electra_configs(get_preset("small"), 30522)
     assert (disc.hidden_size, disc.embedding_size, gen.hidden_size, gen.num_attention_heads) == (256, 128, 64, 1)

@@ -74,7 +74,8 @@ def test_kernel_draws_match_rng_for_int64_indices(seed, stream, device):
 
         draws = torch.empty_like(index, device=device)
         uniforms = torch.empty(index.shape, dtype=torch.float32, device=device)
-        philox_draws_kernel[(triton.cdiv(index.numel(), 512),)](index.to(device), draws, uniforms, seed, index.numel(), STREAM=stream, BLOCK=512)
+        grid = (triton.cdiv(index.numel(), 512),)
+        philox_draws_kernel[grid](index.to(device), draws, uniforms, seed, index.numel(), STREAM=stream, BLOCK=512)
     expected = rng.draw(seed, stream, index)
     assert torch.equal(_as_uint32(draws).cpu(), expected)
     assert torch.equal(uniforms.cpu(), rng.uint32_to_uniform(expected))

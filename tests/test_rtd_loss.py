@@ -96,7 +96,7 @@ def max_error(value, truth):
 
 
 def assert_parity(kernel, torch_same_dtype, truth, what):
-    """DESIGN §5: the kernel's error against fp64 is at most twice PyTorch's in the same dtype, plus slack.
+    """docs/design.md §5: the kernel's error against fp64 is at most twice PyTorch's in the same dtype, plus slack.
 
     The slack is one unit in the last place of the output's dtype at the output's scale (at least 1e-5
     relative): rounding the result to that dtype is unavoidable, and for a scalar (a bias gradient, the
@@ -113,7 +113,7 @@ def assert_parity(kernel, torch_same_dtype, truth, what):
 
 
 def assert_reduction_parity(kernel, torch_logits, truth_logits, valid, slope, truth, what):
-    """DESIGN §5 for a mean over the valid tokens of a function of each token's logit with slope <= ``slope``
+    """docs/design.md §5 for a mean over the valid tokens of a function of each token's logit with slope <= ``slope``
     (the BCE loss: 1; its gradient in the prediction bias: 1/4).
 
     Its error is at most ``slope`` times the mean logit error, plus rounding the mean. How much of PyTorch's
@@ -152,7 +152,7 @@ def check_against_truth(params, corrupted, original, mask, activation, dtype, gr
                                     f"d {name}")
         else:
             assert_parity(kernel_grads[name], torch_grads[name], truth_grad, f"d {name}")
-    if dtype == torch.float32:  # DESIGN §5: fp32 matches the fp32 reference to ~1e-5 relative
+    if dtype == torch.float32:  # docs/design.md §5: fp32 matches the fp32 reference to ~1e-5 relative
         torch.testing.assert_close(kernel.loss, torch_out.loss, rtol=1e-5, atol=1e-6)
         for name in kernel_grads:
             scale = torch_grads[name].abs().max().item()
@@ -357,7 +357,8 @@ def test_matches_hugging_face_electra_for_pretraining(device, implementation, ac
     model = tiny_electra(activation)
     generator = torch.Generator().manual_seed(1)
     original = torch.randint(5, 40, (3, 11), generator=generator)
-    corrupted = torch.where(torch.rand(3, 11, generator=generator) < 0.3, torch.randint(5, 40, (3, 11), generator=generator), original)
+    replaced = torch.rand(3, 11, generator=generator) < 0.3
+    corrupted = torch.where(replaced, torch.randint(5, 40, (3, 11), generator=generator), original)
     mask = torch.ones(3, 11, dtype=torch.int64)
     mask[1, 6:] = 0
     labels = ((corrupted != original) & mask.bool()).long()
@@ -427,7 +428,7 @@ def test_bad_inputs_are_rejected_with_clear_errors(device):
     with pytest.raises(ValueError, match="corrupted_ids .*device|on meta"):
         call({5: corrupted.to("meta")})
     with pytest.raises(ValueError, match="activation"):
-        kernels.rtd_loss_forward(
+        kernels.forward(
             params["hidden"].reshape(-1, 64), torch.zeros(64), torch.zeros(64), torch.zeros(1),
             corrupted.reshape(-1), original.reshape(-1), mask.reshape(-1).to(torch.uint8), "swish",
         )
@@ -464,5 +465,6 @@ def test_torch_compile_fullgraph_forward_and_backward(device):
 @pytest.mark.parametrize("width", [256, 768, 1024])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_realistic_shapes_on_gpu(width, dtype):
-    params, corrupted, original, mask = make_inputs(16, 512, width, device=torch.device("cuda"), dtype=dtype, seed=width)
+    params, corrupted, original, mask = make_inputs(16, 512, width, device=torch.device("cuda"), dtype=dtype,
+                                                    seed=width)
     check_against_truth(params, corrupted, original, mask, "gelu", dtype)

@@ -64,8 +64,11 @@ def _dropout_backward(ctx, grad):
 attention_dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
-def supports(key_padding_mask: Optional[torch.Tensor]) -> bool:
-    return key_padding_mask is None or key_padding_mask.dtype == torch.bool
+def supports(key_padding_mask: Optional[torch.Tensor]) -> Optional[str]:
+    """Why this path does not take the call (``ops`` then runs the reference), or None."""
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        return "an additive float mask"
+    return None
 
 
 def attention(

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..contracts import generator_head_slots
 from ..rng import Stream
 from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
@@ -131,10 +132,8 @@ def generator_loss_and_sample(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M])."""
-    if weights is None:
-        weights = torch.ones(hidden.shape[0], dtype=torch.float32)
+    targets, weights = generator_head_slots(hidden, targets, weights)
     loss, samples, _, _ = generator_head_forward(
-        hidden, weight, bias, targets.long().contiguous(), weights.float().contiguous(), float(temperature),
-        bool(disallow_correct), int(seed),
+        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed)
     )
     return loss, samples

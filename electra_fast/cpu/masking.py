@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 
 from .. import reference
+from ..contracts import MaskingOptions
+from ..outputs import MaskedTokens
 
 
 @torch.library.custom_op("electra_fast::cpu_mask_tokens", mutates_args=())
@@ -40,14 +42,11 @@ def _(input_ids, attention_mask, mask_token_id, special_token_ids, mask_prob, ma
     )
 
 
-def mask_tokens(input_ids, attention_mask=None, *, mask_token_id, special_token_ids=(), mask_prob=0.15,
-                max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, vocab_size=None, mode="exact",
-                seed=0) -> reference.MaskedTokens:
+def mask_tokens(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                options: MaskingOptions) -> MaskedTokens:
     """``reference.mask_tokens``, opaque to torch.compile."""
-    if max_predictions is None:
-        max_predictions = reference.default_max_predictions(input_ids.shape[1], mask_prob, mode)
-    return reference.MaskedTokens(*mask_tokens_op(
-        input_ids, attention_mask, int(mask_token_id), [int(s) for s in special_token_ids], float(mask_prob),
-        int(max_predictions), float(mask_token_prob), float(random_token_prob),
-        None if vocab_size is None else int(vocab_size), mode, int(seed),
+    return MaskedTokens(*mask_tokens_op(
+        input_ids, attention_mask, options.mask_token_id, list(options.special_ids), options.mask_prob,
+        options.max_predictions, options.mask_token_prob, options.random_token_prob, options.vocab_size,
+        options.mode, options.seed,
     ))

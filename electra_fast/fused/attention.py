@@ -10,11 +10,12 @@ q, k, v have the same layout (views of contiguous [B, L, heads, D] buffers), mat
 Masks. A [B, Lk] bool mask (True = real key) or an additive float mask of shape [B or 1, 1, 1, Lk] (or any
 shape that broadcasts from [B, Lk] to [B, heads, Lq, Lk] without varying over heads and queries) becomes an
 fp32 bias per (batch, key) with -inf for masked keys, plus the per-sequence count of key rows to visit (one
-past the last real key), so right padding costs no work. Masks that vary over heads or queries run the
-reference instead, with a one-time warning. A float mask gets no gradient.
+past the last real key), so right padding costs no work. A float mask gets no gradient.
 
-Dtypes. fp16/bf16 on CUDA; fp32 (and everything) under the Triton interpreter. fp32 CUDA tensors and head dims
-above 128 run the reference, with a one-time warning.
+Dtypes. fp16/bf16 on CUDA; fp32 (and everything) under the Triton interpreter.
+
+``supports`` names what the kernels cannot take (masks that vary over heads or queries, fp32 CUDA tensors,
+head dims above 128); ``electra_fast.ops`` then runs the reference, with a one-time warning.
 
 Variable length. ``attention_varlen`` takes packed [total, heads, D] tensors and ``cu_seqlens`` [B + 1]
 (int32 or int64 offsets, as flash-attn's varlen API, one set shared by queries and keys: self-attention). Its
@@ -24,15 +25,14 @@ entries agree exactly.
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
 
-from .. import reference
+from ..contracts import additive_mask_allows, key_only
 from ..kernels import attention as kernels
 
-__all__ = ["attention", "attention_varlen", "key_bias_and_extent"]
+__all__ = ["attention", "attention_varlen", "key_bias_and_extent", "supports"]
 
 
 @torch.library.custom_op("electra_fast::attention_forward", mutates_args=())
@@ -40,7 +40,7 @@ def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor, bounds: torch.Tensor,
     q_len_padded: int, k_len_padded: int, scale: float, dropout_p: float, seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return kernels.attention_forward(q, k, v, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed)
+    return kernels.forward(q, k, v, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed)
 
 
 @attention_forward.register_fake
@@ -61,7 +61,7 @@ def attention_backward(
     key_bias: torch.Tensor, bounds: torch.Tensor, q_len_padded: int, k_len_padded: int, scale: float,
     dropout_p: float, seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return kernels.attention_backward(
+    return kernels.backward(
         dout, q, k, v, out, lse, key_bias, bounds, q_len_padded, k_len_padded, scale, dropout_p, seed
     )
 
@@ -97,9 +97,8 @@ def _backward(ctx, dout, _dlse):
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, q_len: int, k_len: int, device):
-    """(fp32 key bias [B, Lk] or a single 0, int32 count of key rows to visit [B]) for a per-key mask, or None
-    when the mask varies over heads or queries (the kernels cannot express it)."""
+def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, k_len: int, device):
+    """(fp32 key bias [B, Lk] or a single 0, int32 count of key rows to visit [B]) for a per-key mask."""
     if key_padding_mask is None:
         return torch.zeros(1, device=device), torch.full((batch,), k_len, device=device, dtype=torch.int32)
     if key_padding_mask.dtype == torch.bool:
@@ -107,30 +106,20 @@ def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, q_
         bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
     else:
         additive = key_padding_mask.reshape((1,) * (4 - key_padding_mask.dim()) + tuple(key_padding_mask.shape))
-        if any(additive.shape[d] != 1 and additive.stride(d) != 0 for d in (1, 2)):
-            return None  # varies over heads or queries
         additive = additive[:, 0, 0, :].expand(batch, k_len).float()
-        # The reference's rule: entries at or below half the dtype's minimum (or -inf) mask the key out.
-        allowed = (additive > torch.finfo(torch.float32).min / 2) & (
-            additive > torch.finfo(key_padding_mask.dtype).min / 2
-        )
+        allowed = additive_mask_allows(additive, key_padding_mask.dtype)
         bias = torch.where(allowed, additive, torch.full_like(additive, float("-inf")))
     positions = torch.arange(1, k_len + 1, device=device, dtype=torch.int32)
     extent = torch.where(allowed, positions, torch.zeros_like(positions)).amax(dim=1).to(torch.int32)
     return bias.contiguous(), extent
 
 
-_warned_fallbacks: set[str] = set()
-
-
-def _warn_once(reason: str) -> None:
-    if reason not in _warned_fallbacks:
-        _warned_fallbacks.add(reason)
-        warnings.warn(f"electra_fast.attention runs the PyTorch reference: {reason}", stacklevel=3)
-
-
-def _unsupported(q) -> Optional[str]:
-    """Why the kernels cannot take ``q``'s head dim or dtype, or None."""
+def supports(q: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the kernels cannot take this call (``ops`` then runs the reference, with a warning), or None."""
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        additive = key_padding_mask.reshape((1,) * (4 - key_padding_mask.dim()) + tuple(key_padding_mask.shape))
+        if not key_only(additive):
+            return "the mask varies over heads or queries"
     if q.shape[-1] > kernels.HEAD_DIM_BLOCKS[-1]:
         return f"head_dim {q.shape[-1]} > {kernels.HEAD_DIM_BLOCKS[-1]}"
     if q.dtype == torch.float32 and q.device.type == "cuda":
@@ -159,31 +148,21 @@ def _padded_forward(q, k, v, key_bias, extent, scale: float, dropout_p: float, s
 
 def attention(q, k, v, key_padding_mask=None, *, dropout_p: float = 0.0, scale: Optional[float] = None,
               seed: int = 0, return_lse: bool = False):
-    """Padded entry (arguments checked by electra_fast.ops.attention): [B, heads, Lq, D] view of a contiguous
-    [B, Lq, heads, D] output; with ``return_lse`` also the natural-log LSE [B, heads, Lq] (fp32, -inf for rows
-    without keys, no gradient)."""
+    """Padded entry (arguments checked by electra_fast.ops.attention, ``supports`` true): [B, heads, Lq, D] view
+    of a contiguous [B, Lq, heads, D] output; with ``return_lse`` also the natural-log LSE [B, heads, Lq] (fp32,
+    -inf for rows without keys, no gradient)."""
     batch, heads, q_len, head_dim = q.shape
     scale = head_dim**-0.5 if scale is None else float(scale)
-    masks = key_bias_and_extent(key_padding_mask, batch, q_len, k.shape[2], q.device)
-    reason = "the mask varies over heads or queries" if masks is None else _unsupported(q)
-    if reason:
-        _warn_once(reason)
-        return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed,
-                                   return_lse=return_lse)
+    masks = key_bias_and_extent(key_padding_mask, batch, k.shape[2], q.device)
     out, lse = _padded_forward(q, k, v, *masks, scale, dropout_p, seed)
     return (out, lse) if return_lse else out
 
 
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, *, dropout_p: float = 0.0,
                      scale: Optional[float] = None, seed: int = 0) -> torch.Tensor:
-    """Packed entry (arguments checked by electra_fast.ops.attention_varlen): q, k, v [total, heads, D],
-    returns [total, heads, D]."""
-    head_dim = q.shape[-1]
-    scale = head_dim**-0.5 if scale is None else float(scale)
-    reason = _unsupported(q)
-    if reason:
-        _warn_once(reason)
-        return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
+    """Packed entry (arguments checked by electra_fast.ops.attention_varlen, ``supports`` true): q, k, v
+    [total, heads, D], returns [total, heads, D]."""
+    scale = q.shape[-1]**-0.5 if scale is None else float(scale)
     starts = cu_seqlens[:-1].to(torch.int32)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     bounds = torch.stack([starts, lengths, lengths, lengths])

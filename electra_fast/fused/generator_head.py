@@ -11,7 +11,8 @@ from typing import Optional
 
 import torch
 
-from electra_fast.kernels import generator_head as kernel
+from ..contracts import generator_head_slots
+from ..kernels import generator_head as kernel
 
 
 def _row_weights(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,16 +107,9 @@ def generator_loss_and_sample(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples)."""
-    if weights is None:
-        weights = torch.ones(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    targets, weights = generator_head_slots(hidden, targets, weights)
     loss, samples, _ = generator_head_forward(
-        hidden,
-        weight,
-        None if bias is None else bias.contiguous(),
-        targets.to(torch.int64).contiguous(),
-        weights.to(torch.float32).contiguous(),
-        float(temperature),
-        bool(disallow_correct),
-        int(seed),
+        hidden, weight, None if bias is None else bias.contiguous(), targets, weights, float(temperature),
+        bool(disallow_correct), int(seed),
     )
     return loss, samples

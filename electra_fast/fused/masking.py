@@ -6,21 +6,24 @@ step keeps one launch for the whole masking step. There is no autograd: every ou
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-from .. import reference
+from ..contracts import MaskingOptions
 from ..kernels import masking as kernel
-from ..reference import MaskedTokens
+from ..outputs import MaskedTokens
 
 KERNEL_MASK_DTYPES = (torch.bool, torch.int32, torch.int64)
 
 
-def kernel_supports(seq_len: int, special_token_ids: Sequence[int], mask_token_id: int) -> bool:
-    """Whether the kernel handles this call; otherwise ``ops.mask_tokens`` runs the reference."""
-    n_specials = len(set(int(s) for s in special_token_ids) | {int(mask_token_id)})
-    return seq_len <= kernel.MAX_SEQ_LEN and n_specials <= kernel.SPECIAL_SLOTS
+def supports(seq_len: int, options: MaskingOptions) -> Optional[str]:
+    """Why the kernel cannot take this call (``ops.mask_tokens`` then runs another path), or None."""
+    if seq_len > kernel.MAX_SEQ_LEN:
+        return f"sequence length {seq_len} > {kernel.MAX_SEQ_LEN}"
+    if len(options.special_ids) > kernel.SPECIAL_SLOTS:
+        return f"{len(options.special_ids)} special ids (with [MASK]) > {kernel.SPECIAL_SLOTS}"
+    return None
 
 
 @torch.library.custom_op("electra_fast::mask_tokens", mutates_args=())
@@ -38,7 +41,7 @@ def mask_tokens_op(
     use_random: bool,
     bernoulli: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return kernel.mask_tokens(
+    return kernel.forward(
         input_ids, attention_mask, seed=seed, mask_token_id=mask_token_id, special_ids=special_ids,
         vocab_size=vocab_size, mask_prob=mask_prob, max_predictions=max_predictions, t_mask=t_mask,
         t_random=t_random, use_random=use_random, bernoulli=bernoulli,
@@ -59,30 +62,15 @@ def _(input_ids, attention_mask, seed, mask_token_id, special_ids, vocab_size, m
     )
 
 
-def mask_tokens(
-    input_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    *,
-    mask_token_id: int,
-    special_token_ids: Sequence[int] = (),
-    mask_prob: float = 0.15,
-    max_predictions: Optional[int] = None,
-    mask_token_prob: float = 0.85,
-    random_token_prob: float = 0.0,
-    vocab_size: Optional[int] = None,
-    mode: str = "exact",
-    seed: int = 0,
-) -> MaskedTokens:
+def mask_tokens(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                options: MaskingOptions) -> MaskedTokens:
     """``reference.mask_tokens`` in one kernel launch, bit for bit (arguments validated by ``ops.mask_tokens``)."""
-    seq_len = input_ids.shape[1]
-    if max_predictions is None:
-        max_predictions = reference.default_max_predictions(seq_len, mask_prob, mode)
     if attention_mask is not None and attention_mask.dtype not in KERNEL_MASK_DTYPES:
         attention_mask = attention_mask != 0
-    special_ids = sorted(set(int(s) for s in special_token_ids) | {int(mask_token_id)})
-    t_mask, t_random = reference.action_thresholds(mask_token_prob, random_token_prob)
+    t_mask, t_random = options.thresholds
     outputs = mask_tokens_op(
-        input_ids, attention_mask, seed, int(mask_token_id), special_ids, vocab_size, float(mask_prob),
-        int(max_predictions), t_mask, t_random, random_token_prob > 0, mode == "bernoulli",
+        input_ids, attention_mask, options.seed, options.mask_token_id, list(options.special_ids),
+        options.vocab_size, options.mask_prob, options.max_predictions, t_mask, t_random,
+        options.random_token_prob > 0, options.bernoulli,
     )
     return MaskedTokens(*outputs)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import rtd_loss as kernels
-from ..reference import RTDOutput
+from ..outputs import RTDOutput
 
 VALID_COUNT = kernels.COUNT_NAMES.index("valid")
 
@@ -37,7 +37,7 @@ def rtd_loss_head(
     ``projected`` [N, H]; ``dense_bias``, ``prediction_weight`` [H] fp32; ``prediction_bias`` [1] fp32;
     ids [N] int64; ``valid`` [N] uint8.
     """
-    logits, labels, loss_partials, count_partials = kernels.rtd_loss_forward(
+    logits, labels, loss_partials, count_partials = kernels.forward(
         projected, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids, valid, activation
     )
     # Partials are summed in a fixed order: the same inputs give the same bits on every run.
@@ -74,7 +74,7 @@ def rtd_loss_head_backward(
     ``grad_logits`` [N] fp32 is the gradient arriving at the logits output; ``loss_scale`` [1] fp32 holds
     d(loss) / max(n_valid, 1).
     """
-    grad_projected, weight_partials, dense_bias_partials, prediction_bias_partials = kernels.rtd_loss_backward(
+    grad_projected, weight_partials, dense_bias_partials, prediction_bias_partials = kernels.backward(
         projected, dense_bias, prediction_weight, logits, labels.view(torch.uint8), valid, grad_logits, loss_scale,
         activation,
     )
@@ -146,7 +146,9 @@ def rtd_loss(
     projected = F.linear(hidden, dense_weight).reshape(-1, width)
     fp32 = dict(dtype=torch.float32, device=hidden.device)
     dense_bias = dense_bias.to(torch.float32) if dense_bias is not None else torch.zeros(width, **fp32)
-    prediction_bias = prediction_bias.reshape(1).to(torch.float32) if prediction_bias is not None else torch.zeros(1, **fp32)
+    if prediction_bias is None:
+        prediction_bias = torch.zeros(1, **fp32)
+    prediction_bias = prediction_bias.reshape(1).to(torch.float32)
     if attention_mask is None:
         valid = torch.ones(projected.shape[0], dtype=torch.uint8, device=hidden.device)
     else:

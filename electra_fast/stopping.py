@@ -1,0 +1,66 @@
+"""How a run stops early and keeps its work: signals, a wall-clock limit.
+
+Ctrl-C, SIGTERM (SLURM, Kubernetes) and SIGUSR1 (SLURM's ``--signal``) ask the loop to stop after the current
+step and save; ``--max-time`` does the same after a duration. The exit codes tell a scheduler what happened.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import threading
+from typing import Optional
+
+from .errors import UserInputError
+
+# Exit code of a run stopped by --max-time after saving (GNU timeout's code for "time limit reached").
+MAX_TIME_EXIT_CODE = 124
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "3h30m", "45m", "90s", "1h", "1.5h" or a plain number of seconds; an error names --max-time."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise UserInputError(f"--max-time must be a duration such as 3h30m, 45m, 90s or 600, got {text!r}")
+    hours, minutes, seconds = (float(group) if group else 0.0 for group in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise UserInputError(f"--max-time must be longer than 0, got {text!r}")
+    return total
+
+
+# Signals that stop a run after the current step, with a checkpoint: Ctrl-C, the scheduler's SIGTERM (SLURM,
+# Kubernetes) and SLURM's warning signal (--signal=USR1@...). The process then exits with 128 + the number.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class InterruptFlag:
+    """Turns the first stop signal into a request to stop after the current step (and save); a second Ctrl-C
+    interrupts at once (a repeated SIGTERM or SIGUSR1 does not: the save must finish)."""
+
+    def __init__(self):
+        self.requested = False
+        self.timed_out = False  # set by the loop when --max-time is reached
+        self.signal_number: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        self.signal_number = signum
+        how = "Ctrl-C again to quit without saving" if signum == signal.SIGINT else "then exit"
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint ({how})\n")
+
+    def __exit__(self, *exc):
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
