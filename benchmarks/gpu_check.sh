@@ -33,8 +33,12 @@ for suite in masking rtd_loss generator_head attention step; do
 done
 
 step report
-python benchmarks/report.py "$out"/bench_*.json --out "$out" > "$out/report.log" 2>&1 || status=1
+# Each median beside the roofline lower bound of its FLOPs and bytes on this GPU (data-sheet peaks: a model).
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+python benchmarks/report.py "$out"/bench_*.json --out "$out" --roofline "${gpu:-unknown}" > "$out/report.log" 2>&1 \
+    || status=1
 tail -n 2 "$out/tests.log" "$out"/bench_*.log
+[ -f "$out/roofline.md" ] && cat "$out/roofline.md"
 [ -n "${OUT:-}" ] && cp -r "$out" "$OUT/"
 step "done (status $status)"
 exit $status

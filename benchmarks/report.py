@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into markdown tables and plots, one table and one plot per op.
 
-    python benchmarks/report.py RESULTS.json [MORE.json ...] --out DIR
+    python benchmarks/report.py RESULTS.json [MORE.json ...] --out DIR [--roofline GPU] [--inspect INSPECT.json]
 
 For each (op, shape) the fastest implementation is bold and every row shows its speed-up against the
 ``baseline`` implementations measured in the same run.
@@ -113,16 +113,70 @@ def write_plots(rows: list[dict], out_dir: str) -> list[str]:
     return paths
 
 
+def write_inspect_table(records: list[dict], out_dir: str) -> str:
+    """The work counted by ``electra-fast inspect --json`` (interpreter counts, minimums, AOT sm_90a figures and
+    a roofline model) as a markdown table, written to ``inspect.md``."""
+    lines = ["## Work per launch (counted in the Triton interpreter; roofline is a model, not a measurement)", "",
+             "| kernel | pass | shape | GFLOP | / min | MB | / min | regs | spills | smem B | OOB lanes "
+             "| model us A100 | H100 | H200 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        flops_ratio = _fmt(r["flops"] / r["min_flops"] if r["min_flops"] else None, ".2f")
+        model = r.get("roofline_min_s", {})
+        lines.append(
+            f"| {r['kernel']} | {r['pass']} | {r['shape']} | {r['flops'] / 1e9:.2f} | {flops_ratio} "
+            f"| {r['bytes'] / 1e6:.1f} | {r['bytes'] / r['min_bytes']:.2f} | {r['registers']} | {r['spills']} "
+            f"| {r['shared_bytes']} | {r['out_of_bounds']} | "
+            + " | ".join(_fmt(model[gpu] * 1e6 if gpu in model else None, ".1f") for gpu in ("A100", "H100", "H200"))
+            + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "inspect.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
+def roofline_table(rows: list[dict], gpu: str) -> str:
+    """Each measured median beside the roofline lower bound of its FLOPs and bytes on ``gpu`` (data-sheet peaks,
+    electra_fast.inspect.PEAKS; a model, not a measurement)."""
+    from electra_fast.inspect import PEAKS
+
+    name = next((known for known in PEAKS if known in gpu.upper()), None)
+    if name is None:
+        return f"no data-sheet peaks for {gpu!r} (known: {', '.join(PEAKS)})"
+    peak_flops, bandwidth = PEAKS[name]
+    lines = [f"## Measured vs roofline lower bound on {name} (model: max(FLOPs / {peak_flops:.3g}, "
+             f"bytes / {bandwidth:.3g}))", "", "| op | shape | impl | median ms | model ms | median / model |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        bound = max((r.get("flops") or 0) / peak_flops, (r.get("bytes_moved") or 0) / bandwidth)
+        lines.append(f"| {r['op']} | {r['shape']} | {r.get('impl', r['name'])} | {r['median_s'] * 1e3:.3f} "
+                     f"| {_fmt(bound * 1e3 if bound else None, '.3f')} "
+                     f"| {_fmt(r['median_s'] / bound if bound else None, '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files")
+    parser.add_argument("results", nargs="*", help="pytest-benchmark JSON files")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--roofline", metavar="GPU", help="also print each median beside this GPU's roofline bound")
+    parser.add_argument("--inspect", metavar="JSON", help="also tabulate an `electra-fast inspect --json` report")
     args = parser.parse_args(argv)
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.results[0]))
+    out_dir = args.out or os.path.dirname(os.path.abspath((args.results or [args.inspect or "."])[0]))
     os.makedirs(out_dir, exist_ok=True)
+    if args.inspect:
+        with open(args.inspect) as handle:
+            print(write_inspect_table(json.load(handle), out_dir))
+    if not args.results:
+        return
     rows = load_rows(args.results)
     print(write_tables(rows, out_dir))
     write_plots(rows, out_dir)
+    if args.roofline:
+        text = roofline_table(rows, args.roofline)
+        print(text)
+        with open(os.path.join(out_dir, "roofline.md"), "w") as handle:
+            handle.write(text)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The ``electra-fast`` command line: ``info`` (versions, devices, usable backends) and sub-commands that
-other modules add (``pretrain``, ``bench``, ``parity``)."""
+other modules add (``pretrain``, ``bench``, ``parity``, ``inspect``)."""
 
 from __future__ import annotations
 
@@ -188,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
     add_pretrain_command(commands)
-    from . import bench, parity
+    from . import bench, inspect, parity
 
     parity.add_parser(commands)
     bench.add_parser(commands)
+    inspect.add_parser(commands)
     return parser
 
 
