@@ -11,6 +11,7 @@ install_requires = [
 ]
 if sys.platform.startswith("linux"):
     install_requires.append("triton>=3.1")
+HF_REQUIRES = ["accelerate>=1.1.0", "datasets>=2.16"]  # TrainingArguments needs accelerate>=1.1.0
 
 setup(
     name="electra-fast",
@@ -24,7 +25,9 @@ setup(
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     install_requires=install_requires,
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy>=1.10", "numpy>=1.24", "ruff>=0.5"],
+        # Hugging Face Trainer / accelerate loops (electra_fast.hf_trainer, examples/hf_trainer.py).
+        "hf": HF_REQUIRES,
+        "test": ["pytest>=7", "pytest-benchmark>=4", "scipy>=1.10", "numpy>=1.24", "ruff>=0.5", *HF_REQUIRES],
         "flash": ["flash-attn>=2.5"],
     },
     entry_points={"console_scripts": ["electra-fast=electra_fast.cli:main"]},

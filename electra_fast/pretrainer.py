@@ -7,26 +7,36 @@
     -> discriminator encoder -> RTD loss;   loss = gen_weight * mlm + disc_weight * rtd
 
 through the ops in ``electra_fast.ops``, so Triton kernels run wherever they can (``fused=True``).
+
+It is a Hugging Face ``PreTrainedModel``, so that ``Trainer`` and ``accelerate`` loops take it as it is:
+without ``seed=`` the step's seed comes from a counter in the state dict (``electra_fast.seed_counter``), the
+output is a ``ModelOutput`` with ``loss``, and ``save_pretrained`` / ``from_pretrained`` write and read the
+whole pre-trainer plus ``discriminator/`` and ``generator/`` as plain Hugging Face checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ElectraForMaskedLM, ElectraForPreTraining
+from transformers import ElectraForMaskedLM, ElectraForPreTraining, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from . import hf_attention, ops
 from .backend import use_backend
 from .outputs import MaskedTokens
 from .presets import electra_configs, get_preset
 from .rng import check_seed
+from .seed_counter import SeedCounter
 
 EMBEDDING_SHARING = ("tied", "gdes", "none")
+WEIGHTS_NAME = "model.safetensors"  # the whole pre-trainer, next to config.json (Hugging Face's names)
 
 
 @dataclass
@@ -58,18 +68,34 @@ class ElectraObjective:
 
 
 @dataclass
-class ElectraPretrainingOutput:
-    loss: torch.Tensor
-    mlm_loss: torch.Tensor
-    rtd_loss: torch.Tensor
-    generator_accuracy: torch.Tensor  # fraction of real slots whose sample equals the original token
-    discriminator_accuracy: torch.Tensor  # over non-padding tokens
-    replaced_fraction: torch.Tensor  # fraction of non-padding tokens the discriminator sees replaced
-    discriminator_precision: torch.Tensor
-    discriminator_recall: torch.Tensor
-    masked: MaskedTokens = field(repr=False)
-    corrupted_ids: torch.Tensor = field(repr=False)
-    rtd_logits: torch.Tensor = field(repr=False)
+class ElectraPretrainingOutput(ModelOutput):
+    """One step's loss and metrics; a ``ModelOutput`` (``out.loss``, ``out["loss"]``, ``out[0]``) as
+    ``Trainer`` expects. Every field is set by ``ElectraPretrainer``."""
+
+    loss: Optional[torch.Tensor] = None  # gen_weight * mlm_loss + disc_weight * rtd_loss
+    mlm_loss: Optional[torch.Tensor] = None
+    rtd_loss: Optional[torch.Tensor] = None
+    generator_accuracy: Optional[torch.Tensor] = None  # fraction of real slots whose sample equals the original
+    discriminator_accuracy: Optional[torch.Tensor] = None  # over non-padding tokens
+    replaced_fraction: Optional[torch.Tensor] = None  # fraction of non-padding tokens the discriminator sees replaced
+    discriminator_precision: Optional[torch.Tensor] = None
+    discriminator_recall: Optional[torch.Tensor] = None
+    masked: Optional[MaskedTokens] = field(default=None, repr=False)
+    corrupted_ids: Optional[torch.Tensor] = field(default=None, repr=False)
+    rtd_logits: Optional[torch.Tensor] = field(default=None, repr=False)
+
+
+class ElectraPretrainerConfig(PretrainedConfig):
+    """The pre-trainer's own ``config.json``: its ``ElectraObjective`` (the encoders' configs are those of
+    ``generator/`` and ``discriminator/``)."""
+
+    model_type = "electra_fast_pretrainer"
+    # Trainer.evaluate reports the loss and gathers the rest of the output unless told not to.
+    keys_to_ignore_at_inference = [f.name for f in dataclasses.fields(ElectraPretrainingOutput) if f.name != "loss"]
+
+    def __init__(self, objective: Optional[dict] = None, **kwargs):
+        self.objective = dict(objective or {})
+        super().__init__(**kwargs)
 
 
 def lm_head_parameters(lm_head: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -99,10 +125,22 @@ class GDESWordEmbedding(nn.Module):
         return F.embedding(input_ids, self.weight, self.padding_idx)
 
 
-class ElectraPretrainer(nn.Module):
+def corrupt_ids(input_ids: torch.Tensor, masked: MaskedTokens, samples: torch.Tensor) -> torch.Tensor:
+    """The discriminator's input (DESIGN §1.4): each real slot's sample [B, P] goes into its position of the
+    original ids, kept positions included. Padding slots scatter into a spare column so they can never
+    overwrite a real slot."""
+    seq_len = input_ids.shape[1]
+    scatter_at = torch.where(masked.weights > 0, masked.positions, seq_len)
+    sampled = torch.cat([input_ids, input_ids[:, :1]], dim=1).scatter(1, scatter_at, samples.to(input_ids.dtype))
+    return torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
+
+
+class ElectraPretrainer(SeedCounter, PreTrainedModel):
+    config_class = ElectraPretrainerConfig
+    accepts_loss_kwargs = False  # Trainer then scales the loss for gradient accumulation itself
+
     def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining, *,
                  objective: ElectraObjective, fused: bool = True):
-        super().__init__()
         if not isinstance(generator, ElectraForMaskedLM):
             raise TypeError(f"generator must be a transformers ElectraForMaskedLM, got {type(generator).__name__}")
         if not isinstance(discriminator, ElectraForPreTraining):
@@ -122,11 +160,15 @@ class ElectraPretrainer(nn.Module):
                 "shared embeddings need one embedding_size: generator has "
                 f"{gen_config.embedding_size}, discriminator {disc_config.embedding_size}"
             )
+        super().__init__(ElectraPretrainerConfig(objective=dataclasses.asdict(objective)))
         self.generator = generator
         self.discriminator = discriminator
         self.objective = objective
         self.fused = fused
         self._share_embeddings(objective.embedding_sharing)
+        # Saved once: model.safetensors leaves the other names out, and Trainer, finding exactly these missing
+        # when it resumes, knows them for tied weights.
+        self._keys_to_ignore_on_save = self._shared_state_aliases()
         # Fused: both encoders run electra-fast's attention (kernel with Philox dropout keyed by the step seed).
         self.fast_attention = fused and hf_attention.is_registered()
         if self.fast_attention:
@@ -170,10 +212,18 @@ class ElectraPretrainer(nn.Module):
     def vocab_size(self) -> int:
         return self.generator.config.vocab_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, seed,
-                token_type_ids: Optional[torch.Tensor] = None) -> ElectraPretrainingOutput:
-        """One step of the objective; ``token_type_ids`` (segment A = 0, B = 1) go to both encoders."""
-        seed = check_seed(seed)
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None, seed=None, return_loss: bool = True,
+                **unused) -> ElectraPretrainingOutput:
+        """One step of the objective; ``token_type_ids`` (segment A = 0, B = 1) go to both encoders.
+
+        ``seed`` names every random choice of the step (masks, samples, attention dropout). Without it the
+        seed comes from ``seed_counter``, which counts training-mode forwards and is saved in the state dict
+        (``electra_fast.seed_counter``). The loss is always computed: ``return_loss=True`` in the signature
+        tells ``Trainer`` to report it when it evaluates. Other keyword arguments (columns a data collator
+        passes along, such as ``special_tokens_mask``) are ignored.
+        """
+        seed = self.next_step_seed() if seed is None else check_seed(seed)
         if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(token_type_ids.shape)}")
@@ -192,7 +242,7 @@ class ElectraPretrainer(nn.Module):
 
     def _forward(self, input_ids, attention_mask, token_type_ids, seed) -> ElectraPretrainingOutput:
         obj = self.objective
-        batch, seq_len = input_ids.shape
+        batch = input_ids.shape[0]
         masked = ops.mask_tokens(
             input_ids, attention_mask, mask_token_id=obj.mask_token_id, special_token_ids=obj.special_token_ids,
             mask_prob=obj.mask_prob, max_predictions=obj.max_predictions, mask_token_prob=obj.mask_token_prob,
@@ -213,12 +263,7 @@ class ElectraPretrainer(nn.Module):
         )
         samples = samples.view(batch, slots)
 
-        # Discriminator input: the sample goes into every chosen position (kept ones too). Padding slots
-        # scatter into a spare column so they can never overwrite a real slot.
-        real_slot = masked.weights > 0
-        scatter_at = torch.where(real_slot, masked.positions, seq_len)
-        sampled = torch.cat([input_ids, input_ids[:, :1]], dim=1).scatter(1, scatter_at, samples.to(input_ids.dtype))
-        corrupted_ids = torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
+        corrupted_ids = corrupt_ids(input_ids, masked, samples)
 
         disc_hidden = self.discriminator.electra(
             corrupted_ids, **self._encoder_kwargs(attention_mask, token_type_ids, seed, 1)
@@ -231,7 +276,7 @@ class ElectraPretrainer(nn.Module):
         loss = obj.gen_weight * mlm_loss + obj.disc_weight * rtd.loss
         with torch.no_grad():
             n_slots = masked.weights.sum()
-            generator_accuracy = ((samples == masked.targets) & real_slot).sum() / n_slots.clamp(min=1)
+            generator_accuracy = ((samples == masked.targets) & (masked.weights > 0)).sum() / n_slots.clamp(min=1)
         return ElectraPretrainingOutput(
             loss=loss, mlm_loss=mlm_loss, rtd_loss=rtd.loss, generator_accuracy=generator_accuracy,
             discriminator_accuracy=rtd.accuracy, replaced_fraction=rtd.replaced_fraction,
@@ -252,10 +297,74 @@ class ElectraPretrainer(nn.Module):
         discriminator.electra.embeddings.word_embeddings = plain
         return self.generator, discriminator
 
-    def save_pretrained(self, output_dir: str) -> None:
-        """``output_dir/discriminator`` and ``output_dir/generator`` as Hugging Face checkpoints."""
-        import os
+    def save_pretrained(self, output_dir: str, *, state_dict: Optional[dict] = None, is_main_process: bool = True,
+                        **hf_kwargs) -> None:
+        """Write the pre-trainer into ``output_dir`` (Hugging Face's layout, ``from_pretrained`` reads it back):
 
+        * ``discriminator/`` and ``generator/``: plain Hugging Face checkpoints (``ElectraForPreTraining``,
+          ``ElectraForMaskedLM``; GDES embeddings materialised), e.g. for
+          ``ElectraForSequenceClassification.from_pretrained(output_dir + "/discriminator")``;
+        * ``config.json`` (the objective) and ``model.safetensors`` (the whole state, seed counter included,
+          each shared tensor once), from which ``from_pretrained`` and ``Trainer``'s resume restore it exactly.
+
+        ``Trainer.save_model`` calls this with ``state_dict`` (written instead of ``self.state_dict()``) and
+        ``is_main_process`` (only that process writes); its other keyword arguments (``safe_serialization``,
+        ...) are accepted and ignored: the weights are always safetensors.
+        """
+        if not is_main_process:
+            return
+        if os.path.isfile(output_dir):
+            raise ValueError(f"output_dir must be a directory, got the file {output_dir}")
+        os.makedirs(output_dir, exist_ok=True)
         generator, discriminator = self.export_models()
         discriminator.save_pretrained(os.path.join(output_dir, "discriminator"))
         generator.save_pretrained(os.path.join(output_dir, "generator"))
+        self.config.objective = dataclasses.asdict(self.objective)
+        self.config.save_pretrained(output_dir)
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {name: tensor.detach().contiguous() for name, tensor in state.items()
+                   if name not in self._keys_to_ignore_on_save}
+        safetensors.torch.save_file(tensors, os.path.join(output_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, objective: Optional[ElectraObjective] = None,
+                        fused: bool = True) -> "ElectraPretrainer":
+        """The pre-trainer that ``save_pretrained`` (or ``Trainer``, in a ``checkpoint-N`` folder) wrote into
+        ``path``, in eval mode as Hugging Face's ``from_pretrained`` gives it.
+
+        The encoders come from ``path/generator`` and ``path/discriminator``, the objective from
+        ``path/config.json`` unless ``objective`` is given (folders written before it existed need it), and
+        ``path/model.safetensors``, where present, restores the exact state (GDES deltas, the seed counter).
+        """
+        path = str(path)
+        for part in ("generator", "discriminator"):
+            if not os.path.isdir(os.path.join(path, part)):
+                raise FileNotFoundError(f"path {path!r} has no {part}/ folder (ElectraPretrainer.save_pretrained "
+                                        "writes one)")
+        if objective is None:
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"path {path!r} has no config.json (written by an older electra-fast): pass "
+                                 "objective=ElectraObjective(...)")
+            objective = ElectraObjective(**ElectraPretrainerConfig.from_pretrained(path).objective)
+        generator = ElectraForMaskedLM.from_pretrained(os.path.join(path, "generator"))
+        discriminator = ElectraForPreTraining.from_pretrained(os.path.join(path, "discriminator"))
+        model = cls(generator, discriminator, objective=objective, fused=fused)
+        weights = os.path.join(path, WEIGHTS_NAME)
+        if os.path.isfile(weights):
+            safetensors.torch.load_model(model, weights)  # strict; the shared tensors' other names load with them
+        return model.eval()
+
+    def _shared_state_aliases(self) -> list:
+        """State-dict names of tensors already listed under an earlier name (the shared embeddings, the LM
+        head tied to them)."""
+        seen = set()
+        aliases = []
+        for name, tensor in self.state_dict(keep_vars=True).items():
+            if id(tensor) in seen:
+                aliases.append(name)
+            seen.add(id(tensor))
+        return aliases
+
+    def tie_weights(self, *args, **kwargs) -> None:
+        """Nothing to tie again: shared embeddings are the same modules, never copies. (``Trainer`` calls this
+        after loading a checkpoint whose missing keys are exactly ``_keys_to_ignore_on_save``.)"""
