@@ -126,7 +126,7 @@ class GDESWordEmbedding(nn.Module):
 
 
 def corrupt_ids(input_ids: torch.Tensor, masked: MaskedTokens, samples: torch.Tensor) -> torch.Tensor:
-    """The discriminator's input (DESIGN §1.4): each real slot's sample [B, P] goes into its position of the
+    """The discriminator's input (docs/design.md §1.4): each real slot's sample [B, P] goes into its position of the
     original ids, kept positions included. Padding slots scatter into a spare column so they can never
     overwrite a real slot."""
     seq_len = input_ids.shape[1]
