@@ -117,16 +117,18 @@ def write_inspect_table(records: list[dict], out_dir: str) -> str:
     """The work counted by ``electra-fast inspect --json`` (interpreter counts, minimums, AOT sm_90a figures and
     a roofline model) as a markdown table, written to ``inspect.md``."""
     lines = ["## Work per launch (counted in the Triton interpreter; roofline is a model, not a measurement)", "",
-             "| kernel | pass | shape | GFLOP | / min | MB | / min | regs | spills | smem B | OOB lanes "
-             "| model us A100 | H100 | H200 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| kernel | pass | shape | GFLOP | / min | MB | / min | regs | spills | smem B | occupancy sm_90a "
+             "| sm_80 (regs, occupancy) | OOB lanes | model us A100 | H100 | H200 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         flops_ratio = _fmt(r["flops"] / r["min_flops"] if r["min_flops"] else None, ".2f")
         model = r.get("roofline_min_s", {})
+        ampere = r.get("sm_80") or {}
         lines.append(
             f"| {r['kernel']} | {r['pass']} | {r['shape']} | {r['flops'] / 1e9:.2f} | {flops_ratio} "
             f"| {r['bytes'] / 1e6:.1f} | {r['bytes'] / r['min_bytes']:.2f} | {r['registers']} | {r['spills']} "
-            f"| {r['shared_bytes']} | {r['out_of_bounds']} | "
+            f"| {r['shared_bytes']} | {_fmt(r.get('occupancy'), '.2f')} "
+            f"| {ampere.get('registers')}, {_fmt(ampere.get('occupancy'), '.2f')} | {r['out_of_bounds']} | "
             + " | ".join(_fmt(model[gpu] * 1e6 if gpu in model else None, ".1f") for gpu in ("A100", "H100", "H200"))
             + " |")
     text = "\n".join(lines) + "\n"

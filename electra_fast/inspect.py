@@ -44,6 +44,10 @@ PEAKS = {  # vendor data sheets: dense bf16 FLOP/s, HBM bytes/s
     "H100": (989e12, 3.35e12),  # H100 SXM
     "H200": (989e12, 4.8e12),
 }
+# Per-SM limits for the occupancy model (CUDA programming guide, compute capability 8.0 and 9.0): registers,
+# shared memory (each block also takes 1 KiB reserved by the system), resident warps and blocks.
+SM_LIMITS = {"sm_80": {"registers": 65536, "shared_bytes": 164 * 1024, "warps": 64, "blocks": 32},
+             "sm_90a": {"registers": 65536, "shared_bytes": 228 * 1024, "warps": 64, "blocks": 32}}
 PAPER_BATCH = {"small": 128, "base": 256, "large": 2048}  # ELECTRA paper, Table 6 (pre-training batch size)
 VOCAB = 30522
 HALF = torch.float16  # stands in for bf16: same bytes, computed right by the interpreter
@@ -391,6 +395,33 @@ def aot_figures(launch, rows: list[dict], arch: str = "sm_90a") -> dict | None:
     return matches[0] if matches else None
 
 
+def occupancy(registers: int, shared_bytes: int, num_warps: int, arch: str) -> float:
+    """Resident warps per SM over the SM's maximum, from the occupancy rules: registers are allocated per warp
+    in units of 256, shared memory per block plus 1 KiB, at most 64 warps and 32 blocks. A model."""
+    limits = SM_LIMITS[arch]
+    registers_per_warp = -(-registers * 32 // 256) * 256
+    by_registers = limits["registers"] // (registers_per_warp * num_warps)
+    by_shared = limits["shared_bytes"] // (shared_bytes + 1024)
+    blocks = min(by_registers, by_shared, limits["warps"] // num_warps, limits["blocks"])
+    return blocks * num_warps / limits["warps"]
+
+
+def compiled_figures(launches: list, aot: list[dict], arch: str) -> dict:
+    """The largest registers, spills and shared memory of a pass's launches compiled for ``arch``, and the
+    lowest occupancy among them (None where a launch's configuration was not compiled)."""
+    figures = [(launch, aot_figures(launch, aot, arch)) for launch in launches]
+    found = [(launch, f) for launch, f in figures if f]
+    if not found:
+        return {"registers": None, "spills": None, "shared_bytes": None, "occupancy": None}
+    return {
+        "registers": max(f["registers"] for _, f in found),
+        "spills": max(f["spills"] for _, f in found),
+        "shared_bytes": max(f["shared_bytes"] for _, f in found),
+        "occupancy": min(occupancy(f["registers"], f["shared_bytes"], launch.num_warps or 4, arch)
+                         for launch, f in found),
+    }
+
+
 def roofline_seconds(flops: float, nbytes: float) -> dict:
     """Lower bound of a model: max(FLOPs / peak bf16 FLOP/s, bytes / peak HBM B/s) per GPU."""
     return {gpu: max(flops / peak_flops, nbytes / bandwidth) for gpu, (peak_flops, bandwidth) in PEAKS.items()}
@@ -405,15 +436,16 @@ def records(which: str = "small", aot: list[dict] | None = None, kernels=tuple(K
             minimum = KERNELS[kernel][3](p)
             for name, c in counts.items():
                 figures = [aot_figures(launch, aot) for launch in c["launches"]]
-                found = [f for f in figures if f]
+                hopper = compiled_figures(c["launches"], aot, "sm_90a")
                 min_flops, min_bytes = minimum[name]
                 out.append({
                     "kernel": kernel, "pass": name, "shape": p.name, "flops": c["flops"], "min_flops": min_flops,
                     "bytes": c["bytes"], "min_bytes": min_bytes,
-                    # a pass of several launches reports the largest figure of any of them
-                    "registers": max((f["registers"] for f in found), default=None),
-                    "spills": max((f["spills"] for f in found), default=None),
-                    "shared_bytes": max((f["shared_bytes"] for f in found), default=None),
+                    # a pass of several launches reports the largest figure of any of them (sm_90a), and the
+                    # lowest occupancy; "sm_80" holds the same for the A100
+                    "registers": hopper["registers"], "spills": hopper["spills"],
+                    "shared_bytes": hopper["shared_bytes"], "occupancy": hopper["occupancy"],
+                    "sm_80": compiled_figures(c["launches"], aot, "sm_80"),
                     "out_of_bounds": c["out_of_bounds"],
                     "launches": [launch.kernel for launch in c["launches"]],
                     "aot_configs": [f["kernel"] if f else None for f in figures],
@@ -428,19 +460,24 @@ def ratio(value, minimum) -> str:
     return f"{value / minimum:.2f}" if minimum else "-"
 
 
+def shown(fraction) -> str:
+    return "-" if fraction is None else f"{fraction:.2f}"
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'kernel':<15}{'pass':<9}{'shape':<18}{'GFLOP':>11}{'x min':>7}{'MB':>13}{'x min':>8}{'regs':>6}"
-              f"{'spill':>6}{'smem':>7}{'OOB':>5}{'H100 model us':>15}")
+              f"{'spill':>6}{'smem':>7}{'occ':>6}{'OOB':>5}{'H100 model us':>15}")
     lines = [header]
     for r in rows:
         lines.append(
             f"{r['kernel']:<15}{r['pass']:<9}{r['shape']:<18}"
             f"{r['flops'] / 1e9:>11.2f}{ratio(r['flops'], r['min_flops']):>7}"
             f"{r['bytes'] / 1e6:>13.2f}{ratio(r['bytes'], r['min_bytes']):>8}{str(r['registers']):>6}"
-            f"{str(r['spills']):>6}{str(r['shared_bytes']):>7}{r['out_of_bounds']:>5}"
+            f"{str(r['spills']):>6}{str(r['shared_bytes']):>7}{shown(r['occupancy']):>6}{r['out_of_bounds']:>5}"
             f"{r['roofline_min_s']['H100'] * 1e6:>15.1f}")
     lines.append("x min: counted / least the op needs. 'H100 model us': roofline lower bound of the op's minimum "
-                 "work from data-sheet peaks (a model, not a measurement). regs/spill/smem: AOT sm_90a.")
+                 "work from data-sheet peaks (a model, not a measurement). regs/spill/smem: AOT sm_90a; occ: "
+                 "resident warps / 64 from those figures (a model; the JSON has sm_80 too).")
     return "\n".join(lines)
 
 

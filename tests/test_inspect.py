@@ -73,6 +73,18 @@ def test_records_have_every_field_and_no_out_of_bounds(records):
         assert fields <= set(row), row["kernel"]
         assert row["out_of_bounds"] == 0, row
         assert row["registers"] is not None and row["spills"] == 0, row  # the sm_90a configuration was found
+        assert row["sm_80"]["registers"] is not None and row["sm_80"]["spills"] == 0, row
+        assert 0 < row["occupancy"] <= 1 and 0 < row["sm_80"]["occupancy"] <= 1, row
+
+
+def test_occupancy_model_follows_the_cuda_rules():
+    # 4 warps at 128 registers: 16 KiB registers per block -> 4 blocks -> 16 of 64 warps.
+    assert inspect.occupancy(128, 0, 4, "sm_90a") == 0.25
+    # 255 registers round up to 256 per thread: 2 blocks of 4 warps on 64 Ki registers.
+    assert inspect.occupancy(255, 0, 4, "sm_80") == 0.125
+    # Shared memory binds: 100 KiB (+1 KiB) per block fits once on an A100's 164 KiB, twice on an H100's 228 KiB.
+    assert inspect.occupancy(32, 100 * 1024, 4, "sm_80") == 4 / 64
+    assert inspect.occupancy(32, 100 * 1024, 4, "sm_90a") == 8 / 64
 
 
 @pytest.mark.slow
