@@ -18,6 +18,7 @@ clip the gradient norm to 1.0 and step AdamW and the linear schedule. Along the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -80,9 +81,8 @@ class PretrainResult:
 
 
 def prepare_output_dir(path: Path) -> None:
-    """Create the output directory and prove it is writable before any work is done."""
-    if path.exists() and not path.is_dir():
-        raise UserInputError(f"--output-dir {path} is a file, not a directory")
+    """Create the output directory and prove it is writable before any work is done (``Run`` has already
+    refused a path that is a file)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -107,12 +107,12 @@ def remove_empty_directories(path: Path, top: Path) -> None:
     failed run created and left unused."""
     if not path.is_dir():
         return
-    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
-        try:
+    for directory, _, _ in os.walk(path, topdown=False):  # the deepest first, ``path`` itself last
+        with contextlib.suppress(OSError):  # not empty
             os.rmdir(directory)
-        except OSError:
-            pass  # not empty
-    for directory in [path, *path.parents]:
+    if path.exists() or path == top:
+        return
+    for directory in path.parents:
         try:
             os.rmdir(directory)
         except OSError:

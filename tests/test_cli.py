@@ -238,6 +238,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer_dir, default_run, caps
         assert err.startswith("electra-fast pretrain: error: ") and len(err.strip().splitlines()) == 1, err
         assert re.search(message, err), (message, err)
     assert not (tmp_path / "out").exists() and not (tmp_path / "fresh").exists()  # no empty folders left behind
+    # ... also when the run created several levels of them
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--max-length", "300",
+                        "--output-dir", str(tmp_path / "deep" / "er" / "run"))
+    assert code == 2 and "--max-length 300" in err and not (tmp_path / "deep").exists(), err
 
 
 def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monkeypatch):
