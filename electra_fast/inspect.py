@@ -286,7 +286,7 @@ def run_attention(p: Problem, n: tuple) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _run_attention(n: int, seq_len: int, head_dim: int) -> dict:
-    from .fused.attention import key_bias_and_extent
+    from .fused.attention import key_bias_and_extent, padded_bounds
     from .kernels import attention
     from .sanitizer import sanitize
 
@@ -297,9 +297,7 @@ def _run_attention(n: int, seq_len: int, head_dim: int) -> dict:
 
     q, k, v = heads_first(), heads_first(), heads_first()
     key_bias, extent = key_bias_and_extent(torch.ones(1, seq_len, dtype=torch.bool), 1, seq_len, q.device)
-    int32 = dict(dtype=torch.int32)
-    bounds = torch.stack([torch.zeros(1, **int32), torch.full((1,), seq_len, **int32),
-                          torch.full((1,), seq_len, **int32), extent])
+    bounds = padded_bounds(1, seq_len, seq_len, extent)
     scale = head_dim**-0.5
     with gpu_launch_geometry():
         with sanitize(skip_dot_math=True) as forward:

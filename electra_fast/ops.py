@@ -15,7 +15,7 @@ import torch
 from . import reference
 from . import validation as check
 from .backend import use_cpu_path, use_triton
-from .contracts import MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions, special_id_set
+from .contracts import MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions
 from .outputs import MaskedTokens, RTDOutput
 from .rng import check_seed
 
@@ -83,20 +83,19 @@ def mask_tokens(
             raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
     if random_token_prob > 0 and vocab_size is None:
         raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
-    if random_token_prob > 0 and len([s for s in special_id_set(special_token_ids, mask_token_id)
-                                      if s < vocab_size]) >= vocab_size:
-        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); "
-                         "all are special")
     options = MaskingOptions.resolve(
         input_ids.shape[1], mask_token_id=mask_token_id, special_token_ids=special_token_ids, mask_prob=mask_prob,
         max_predictions=max_predictions, mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
         vocab_size=vocab_size, mode=mode, seed=check_seed(seed),
     )
+    if random_token_prob > 0 and len([s for s in options.special_ids if s < vocab_size]) >= vocab_size:
+        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); "
+                         "all are special")
     kernel = use_triton(input_ids.device)
     if kernel:
         from .fused import masking as fused_masking
 
-        kernel = fused_masking.supports(input_ids.shape[1], options) is None  # else another path, as fast
+        kernel = fused_masking.supports(input_ids.shape[1], options) is None  # else the reference
     if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
         check.ids_in_vocab("input_ids", input_ids, vocab_size)
     if kernel:

@@ -97,6 +97,19 @@ def _backward(ctx, dout, _dlse):
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _four_dims(mask: torch.Tensor) -> torch.Tensor:
+    """An additive mask of up to 4 dims as [B or 1, heads or 1, Lq or 1, Lk] (leading dims of size 1 added)."""
+    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+
+
+def padded_bounds(batch: int, q_len: int, k_len: int, extent: torch.Tensor) -> torch.Tensor:
+    """The kernels' int32 bounds [4, B] of a padded batch: sequence start 0, Lq and Lk rows, and ``extent``
+    key rows to visit."""
+    int32 = dict(device=extent.device, dtype=torch.int32)
+    return torch.stack([torch.zeros(batch, **int32), torch.full((batch,), q_len, **int32),
+                        torch.full((batch,), k_len, **int32), extent])
+
+
 def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, k_len: int, device):
     """(fp32 key bias [B, Lk] or a single 0, int32 count of key rows to visit [B]) for a per-key mask."""
     if key_padding_mask is None:
@@ -105,8 +118,7 @@ def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, k_
         allowed = key_padding_mask
         bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
     else:
-        additive = key_padding_mask.reshape((1,) * (4 - key_padding_mask.dim()) + tuple(key_padding_mask.shape))
-        additive = additive[:, 0, 0, :].expand(batch, k_len).float()
+        additive = _four_dims(key_padding_mask)[:, 0, 0, :].expand(batch, k_len).float()
         allowed = additive_mask_allows(additive, key_padding_mask.dtype)
         bias = torch.where(allowed, additive, torch.full_like(additive, float("-inf")))
     positions = torch.arange(1, k_len + 1, device=device, dtype=torch.int32)
@@ -117,8 +129,7 @@ def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, k_
 def supports(q: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> Optional[str]:
     """Why the kernels cannot take this call (``ops`` then runs the reference, with a warning), or None."""
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-        additive = key_padding_mask.reshape((1,) * (4 - key_padding_mask.dim()) + tuple(key_padding_mask.shape))
-        if not key_only(additive):
+        if not key_only(_four_dims(key_padding_mask)):
             return "the mask varies over heads or queries"
     if q.shape[-1] > kernels.HEAD_DIM_BLOCKS[-1]:
         return f"head_dim {q.shape[-1]} > {kernels.HEAD_DIM_BLOCKS[-1]}"
@@ -135,11 +146,7 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
 def _padded_forward(q, k, v, key_bias, extent, scale: float, dropout_p: float, seed: int):
     batch, _, q_len, _ = q.shape
     k_len = k.shape[2]
-    int32 = dict(device=q.device, dtype=torch.int32)
-    bounds = torch.stack([
-        torch.zeros(batch, **int32), torch.full((batch,), q_len, **int32), torch.full((batch,), k_len, **int32),
-        extent,
-    ])
+    bounds = padded_bounds(batch, q_len, k_len, extent)
     out, lse = attention_forward(
         _unit_stride(q), _unit_stride(k), _unit_stride(v), key_bias, bounds, q_len, k_len, scale, float(dropout_p), seed
     )
