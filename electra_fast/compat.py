@@ -42,7 +42,7 @@ from torch import nn
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from . import ops
-from .pretrainer import ElectraObjective, ElectraPretrainer, corrupt_ids
+from .pretrainer import ElectraObjective, ElectraPretrainer, corrupt_ids, sample_accuracy
 from .reference import weighted_mean
 from .seed_counter import SeedCounter
 
@@ -191,10 +191,8 @@ class Electra(SeedCounter, nn.Module):
         disc_loss = weighted_mean(F.binary_cross_entropy_with_logits(disc_logits, labels.float(), reduction="none"),
                                   valid.float())
         loss = obj.gen_weight * mlm_loss + obj.disc_weight * disc_loss
-        with torch.no_grad():
-            gen_acc = ((samples == masked.targets) & (masked.weights > 0)).sum() / masked.weights.sum().clamp(min=1)
-        return self._results(input, valid, loss, mlm_loss, disc_loss, gen_acc, masked.is_masked, corrupted,
-                             disc_logits)
+        return self._results(input, valid, loss, mlm_loss, disc_loss, sample_accuracy(samples, masked),
+                             masked.is_masked, corrupted, disc_logits)
 
     @staticmethod
     def _results(input, valid, loss, mlm_loss, disc_loss, gen_acc, is_masked, corrupted, disc_logits) -> Results:

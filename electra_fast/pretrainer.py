@@ -135,6 +135,13 @@ def corrupt_ids(input_ids: torch.Tensor, masked: MaskedTokens, samples: torch.Te
     return torch.where(masked.is_masked, sampled[:, :seq_len], input_ids)
 
 
+@torch.no_grad()
+def sample_accuracy(samples: torch.Tensor, masked: MaskedTokens) -> torch.Tensor:
+    """The fraction of real slots whose sample [B, P] equals the original token (0 without a real slot)."""
+    correct = (samples == masked.targets) & (masked.weights > 0)
+    return correct.sum() / masked.weights.sum().clamp(min=1)
+
+
 class ElectraPretrainer(SeedCounter, PreTrainedModel):
     config_class = ElectraPretrainerConfig
     accepts_loss_kwargs = False  # Trainer then scales the loss for gradient accumulation itself
@@ -274,9 +281,7 @@ class ElectraPretrainer(SeedCounter, PreTrainedModel):
             corrupted_ids, input_ids, attention_mask, activation=self.discriminator.config.hidden_act,
         )
         loss = obj.gen_weight * mlm_loss + obj.disc_weight * rtd.loss
-        with torch.no_grad():
-            n_slots = masked.weights.sum()
-            generator_accuracy = ((samples == masked.targets) & (masked.weights > 0)).sum() / n_slots.clamp(min=1)
+        generator_accuracy = sample_accuracy(samples, masked)
         return ElectraPretrainingOutput(
             loss=loss, mlm_loss=mlm_loss, rtd_loss=rtd.loss, generator_accuracy=generator_accuracy,
             discriminator_accuracy=rtd.accuracy, replaced_fraction=rtd.replaced_fraction,
