@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from .contracts import special_id_set
 from .data import Corpus, Document, SequencePacker, collate, epoch_rng, pack_documents
 
 EVAL_FIELDS = ("eval_rtd_auc", "eval_rtd_balanced_accuracy", "eval_random_auc", "eval_random_balanced_accuracy",
@@ -122,37 +123,39 @@ def evaluate(model, batches: list, device: torch.device, autocast_dtype: Optiona
     was_training = model.training
     model.eval()
     objective = model.objective
-    specials = torch.tensor(sorted(set(objective.special_token_ids) | {objective.mask_token_id}), device=device)
+    specials = torch.tensor(special_id_set(objective.special_token_ids, objective.mask_token_id), device=device)
     vocabulary = torch.arange(model.vocab_size, device=device)
     allowed_ids = vocabulary[~torch.isin(vocabulary, specials)]
     probe_generator = torch.Generator().manual_seed(evaluation_seed(seed, -1))
     rtd_scores, rtd_labels, random_scores, random_labels = [], [], [], []
     mlm_loss_sum = mlm_correct = mlm_slots = 0.0
+    # The generator head's input at the masked slots [B * P, E], kept as the model's forward computes it, so
+    # that the full logits there (for the arg-max accuracy) need only the LM head, not the encoder again.
+    slot_states = []
+    hook = model.generator.generator_predictions.register_forward_hook(
+        lambda module, inputs, output: slot_states.append(output))
     try:
         for index, batch in enumerate(batches):
             input_ids, attention_mask, token_type_ids = (batch[key].to(device) for key in
                                                          ("input_ids", "attention_mask", "token_type_ids"))
             scored = attention_mask.bool() & ~torch.isin(input_ids, specials)
-            encoder_inputs = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 out = model(input_ids, attention_mask, token_type_ids=token_type_ids, seed=evaluation_seed(seed, index))
-                # The generator at the same masked slots, with full logits there (arg-max accuracy).
-                hidden = model.generator.electra(out.masked.input_ids, **encoder_inputs).last_hidden_state
-                positions = out.masked.positions
-                slot_hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-                logits = model.generator.generator_lm_head(model.generator.generator_predictions(slot_hidden))
+                logits = model.generator.generator_lm_head(slot_states.pop())
                 corrupted = random_replacements(input_ids, scored, objective.mask_prob, allowed_ids, probe_generator)
-                probe_logits = model.discriminator(corrupted, **encoder_inputs).logits
-            weights = out.masked.weights.float()
-            losses = F.cross_entropy(logits.float().flatten(0, 1), out.masked.targets.flatten(), reduction="none")
-            mlm_loss_sum += float((losses * weights.flatten()).sum())
-            mlm_correct += float(((logits.argmax(-1) == out.masked.targets).float() * weights).sum())
+                probe_logits = model.discriminator(corrupted, attention_mask=attention_mask,
+                                                   token_type_ids=token_type_ids).logits
+            weights, targets = out.masked.weights.float().flatten(), out.masked.targets.flatten()
+            losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            mlm_loss_sum += float((losses * weights).sum())
+            mlm_correct += float(((logits.argmax(-1) == targets).float() * weights).sum())
             mlm_slots += float(weights.sum())
             rtd_scores.append(out.rtd_logits.float()[scored].cpu())
             rtd_labels.append((out.corrupted_ids != input_ids)[scored].cpu())
             random_scores.append(probe_logits.float()[scored].cpu())
             random_labels.append((corrupted != input_ids)[scored].cpu())
     finally:
+        hook.remove()
         model.train(was_training)
     scores, labels = torch.cat(rtd_scores), torch.cat(rtd_labels)
     probe_scores, probe_labels = torch.cat(random_scores), torch.cat(random_labels)
