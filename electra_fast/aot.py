@@ -15,6 +15,8 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
+from .backend import interpreter_enabled
+
 ARCHITECTURES = (80, 90)
 
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--only", default="", help="compile only configurations whose name contains this")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreter_enabled():
         print("unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
         return 2
     configs = _load_configs()

@@ -16,18 +16,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 import triton.language as tl
 
-
-def interpreted() -> bool:
-    """Whether TRITON_INTERPRET is set, i.e. @triton.jit kernels run in the interpreter (the same test as
-    ``electra_fast.backend.interpreter_enabled``, which sends CPU tensors to the kernels only then)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
+# Whether TRITON_INTERPRET is set, i.e. @triton.jit kernels run in the interpreter: the test dispatch uses to send
+# CPU tensors to the kernels, imported here under the kernels' name for it.
+from ..backend import interpreter_enabled as interpreted  # noqa: F401 (re-exported for the kernel modules)
 
 TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 SIGNATURE_TYPES = {
