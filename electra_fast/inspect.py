@@ -38,6 +38,8 @@ from types import SimpleNamespace
 
 import torch
 
+from .cli import rerun_with_interpreter
+
 GPU_SMS = 132  # H100 SXM / H200: the SM count the launchers' GPU geometry is computed for
 PEAKS = {  # vendor data sheets: dense bf16 FLOP/s, HBM bytes/s
     "A100": (312e12, 2.039e12),  # A100 80GB SXM
@@ -481,8 +483,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run_inspect(args) -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":  # counting needs the interpreter, set before Triton loads
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        return subprocess.call([sys.executable, "-m", "electra_fast", "inspect", *args.raw_argv], env=env)
+        return rerun_with_interpreter(args)
     rows = records(args.shapes, aot_rows(args.aot))
     print(format_table(rows))
     if args.json:

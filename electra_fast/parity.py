@@ -8,13 +8,12 @@ Triton is imported: the command re-runs itself with TRITON_INTERPRET=1 when need
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import torch
 
 from . import ops
 from .backend import use_backend
+from .cli import rerun_with_interpreter
 
 # Tolerances on max |kernel - reference| / max(1, |reference|): fp32 kernels match to ~1e-5 (docs/design.md §5);
 # fp16/bf16 inputs are compared after both sides computed in their own precision.
@@ -124,8 +123,7 @@ CHECKS = {"masking": check_masking, "generator": check_generator, "rtd": check_r
 
 def run_parity(args) -> int:
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        return subprocess.call([sys.executable, "-m", "electra_fast", "parity", *args.raw_argv], env=env)
+        return rerun_with_interpreter(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     if device.type == "cpu" and torch.bfloat16 in dtypes:
