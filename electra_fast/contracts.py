@@ -82,6 +82,9 @@ class MaskingOptions:
 # ------------------------------------------------------------------------------------------ generator head
 
 
+GENERATOR_HEAD_STRATEGIES = ("auto", "fused", "chunked")  # the Triton path's designs (docs/design.md §5)
+
+
 def generator_head_slots(hidden: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor]) -> tuple:
     """(targets as contiguous int64, weights as contiguous fp32, all 1 when None): the slot tensors as the
     generator head's implementations read them."""

@@ -15,7 +15,7 @@ import torch
 from . import reference
 from . import validation as check
 from .backend import use_cpu_path, use_triton
-from .contracts import MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions
+from .contracts import GENERATOR_HEAD_STRATEGIES, MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions
 from .outputs import MaskedTokens, RTDOutput
 from .rng import check_seed
 
@@ -117,12 +117,19 @@ def generator_loss_and_sample(
     temperature: float = 1.0,
     disallow_correct: bool = False,
     seed: int = 0,
+    strategy: str = "auto",
+    chunk_rows: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generator LM head + weighted-mean cross-entropy + Gumbel-max sample at the slots (docs/design.md §1.2-1.3).
 
     ``hidden`` [M, E], ``weight`` [V, E] (the tied word embeddings), ``bias`` [V] or None, ``targets`` [M]
     ids, ``weights`` [M] (1 real slot, 0 padding). Returns the fp32 loss and int64 samples [M]; the samples
     carry no gradient.
+
+    ``strategy`` picks the Triton path's design (docs/design.md §5): "fused" (Triton only, four GEMMs of work,
+    O(M * E) memory), "chunked" (the three GEMMs by cuBLAS ``chunk_rows`` rows at a time, default 2 % of M,
+    with a Triton epilogue between them) or "auto" (by shape, ``fused.generator_head_strategy.choose``). The
+    CPU path and the reference have one implementation each and ignore it.
     """
     check.tensor("hidden", hidden, dims=2, dtypes=check.FLOAT_DTYPES)
     check.non_empty("hidden", hidden)
@@ -145,13 +152,17 @@ def generator_loss_and_sample(
         check.same_device("weights", weights, hidden, "hidden")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if strategy not in GENERATOR_HEAD_STRATEGIES:
+        raise ValueError(f"strategy must be one of {GENERATOR_HEAD_STRATEGIES}, got {strategy!r}")
+    if chunk_rows is not None:
+        check.positive_int("chunk_rows", chunk_rows)
     seed = check_seed(seed)
     if use_triton(hidden.device):
         from .fused import generator_head
 
         return generator_head.generator_loss_and_sample(
             hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
-            seed=seed,
+            seed=seed, strategy=strategy, chunk_rows=chunk_rows,
         )
     check.ids_in_vocab("targets", targets, vocab_size)
     if use_cpu_path(hidden.device):

@@ -31,6 +31,16 @@ def leaf(t):
     return None if t is None else t.detach().clone().requires_grad_()
 
 
+# Both designs of the Triton path (docs/design.md §5); the chunked one with small chunks, so that several run.
+STRATEGIES = {"fused": {"strategy": "fused"}, "chunked": {"strategy": "chunked", "chunk_rows": 8}}
+
+
+@pytest.fixture(params=list(STRATEGIES))
+def strategy(request):
+    """Keyword arguments of ef.generator_loss_and_sample that select one design."""
+    return STRATEGIES[request.param]
+
+
 def kernel_loss_and_grads(hidden, weight, bias, targets, weights, **options):
     """Loss, samples and (dh, dW, db) of the public op on the kernel path."""
     assert use_triton(hidden.device)
@@ -70,9 +80,9 @@ def assert_close_to_fp64(loss, grads, truth_loss, truth_grads, rel=1e-5):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fp32_kernel_matches_fp64_and_reference_samples(device, with_bias):
+def test_fp32_kernel_matches_fp64_and_reference_samples(device, with_bias, strategy):
     inputs = make_inputs(37, 203, 64, bias=with_bias, device=device, seed=1)
-    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=11)
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=11, **strategy)
     truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
     assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
     reference_loss, reference_samples = reference.generator_loss_and_sample(*inputs, seed=11)
@@ -81,42 +91,43 @@ def test_fp32_kernel_matches_fp64_and_reference_samples(device, with_bias):
 
 
 @pytest.mark.parametrize("M, V, E", [(1, 67, 64), (5, 67, 80), (9, 41, 300), (70, 131, 128)])
-def test_odd_shapes_and_several_tiles(device, M, V, E):
-    """One row, E not a multiple of BLOCK_K, E above one backward E-tile, several row tiles, V < one tile."""
+def test_odd_shapes_and_several_tiles(device, M, V, E, strategy):
+    """One row, E not a power of two (80 = 64 + 16; 300 = 256 + 64, padded), several row tiles, V < one tile."""
     inputs = make_inputs(M, V, E, device=device, seed=M)
-    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=3)
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=3, **strategy)
     truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
     assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
     assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=3)[1])
 
 
-def test_samples_identical_to_reference_on_many_rows(device):
+def test_samples_identical_to_reference_on_many_rows(device, strategy):
     hidden, weight, bias, targets, weights = make_inputs(401, 203, 64, device=device, seed=2)
     with torch.no_grad():
-        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=2**40 + 5)
+        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=2**40 + 5, **strategy)
     _, expected = reference.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=2**40 + 5)
     assert (samples == expected).float().mean().item() >= 0.999
     assert samples.dtype == torch.int64 and int(samples.min()) >= 0 and int(samples.max()) < 203
 
 
 @pytest.mark.parametrize("temperature", [0.5, 3.0])
-def test_temperature(device, temperature):
+def test_temperature(device, temperature, strategy):
     inputs = make_inputs(37, 203, 64, device=device, seed=4)
     with torch.no_grad():
-        loss, samples = ef.generator_loss_and_sample(*inputs, temperature=temperature, seed=7)
+        loss, samples = ef.generator_loss_and_sample(*inputs, temperature=temperature, seed=7, **strategy)
     reference_loss, expected = reference.generator_loss_and_sample(*inputs, temperature=temperature, seed=7)
     assert torch.equal(samples, expected)
     assert torch.allclose(loss, reference_loss, rtol=1e-5, atol=0)  # the loss does not depend on T
     assert not torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=7)[1])
 
 
-def test_disallow_correct_never_returns_the_target(device):
+def test_disallow_correct_never_returns_the_target(device, strategy):
     hidden, weight, bias, _, weights = make_inputs(37, 203, 64, device=device, seed=5)
     targets = torch.full((37,), 150, device=device)
     bias[150] = 30.0  # without the option every row samples its target
     with torch.no_grad():
-        _, free = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=9)
-        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, disallow_correct=True, seed=9)
+        _, free = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=9, **strategy)
+        _, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, disallow_correct=True, seed=9,
+                                                  **strategy)
     assert torch.equal(free, targets)
     assert not (samples == targets).any()
     _, expected = reference.generator_loss_and_sample(
@@ -125,26 +136,26 @@ def test_disallow_correct_never_returns_the_target(device):
     assert torch.equal(samples, expected)
 
 
-def test_zero_weight_rows_contribute_nothing(device):
+def test_zero_weight_rows_contribute_nothing(device, strategy):
     padding = (0, 3, 4, 20, 36)
     inputs = make_inputs(37, 203, 64, device=device, seed=6, zero_rows=padding)
     hidden = inputs[0]
     hidden[list(padding)] = 1e4  # extreme padding rows must not leak into the loss or dW / db
-    loss, _, (dh, dW, db) = kernel_loss_and_grads(*inputs)
+    loss, _, (dh, dW, db) = kernel_loss_and_grads(*inputs, **strategy)
     truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
     assert_close_to_fp64(loss, (dh, dW, db), truth_loss, truth_grads)
     assert torch.count_nonzero(dh[list(padding)]) == 0
 
 
-def test_all_zero_weights_give_zero_loss_and_gradients(device):
+def test_all_zero_weights_give_zero_loss_and_gradients(device, strategy):
     inputs = make_inputs(37, 203, 64, device=device, seed=7, zero_rows=range(37))
-    loss, _, grads = kernel_loss_and_grads(*inputs)
+    loss, _, grads = kernel_loss_and_grads(*inputs, **strategy)
     assert loss.item() == 0.0
     for grad in grads:
         assert torch.isfinite(grad).all() and torch.count_nonzero(grad) == 0
 
 
-def test_strided_weight_view_and_hidden(device):
+def test_strided_weight_view_and_hidden(device, strategy):
     """W as a view of a wider embedding table, hidden with a column stride: same results, grads reach the table."""
     M, V, E = 21, 203, 64
     hidden, weight, bias, targets, weights = make_inputs(M, V, E, device=device, seed=8)
@@ -155,31 +166,32 @@ def test_strided_weight_view_and_hidden(device):
     table.requires_grad_()
     wide_hidden.requires_grad_()
     weight_view, hidden_view = table[5 : 5 + V, :E], wide_hidden[:, ::2]
-    loss, samples = ef.generator_loss_and_sample(hidden_view, weight_view, bias, targets, weights, seed=1)
+    loss, samples = ef.generator_loss_and_sample(hidden_view, weight_view, bias, targets, weights, seed=1, **strategy)
     loss.backward()
-    expected_loss, expected_samples, (dh, dW, _) = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=1)
+    expected_loss, expected_samples, (dh, dW, _) = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=1,
+                                                                         **strategy)
     assert torch.equal(loss.detach(), expected_loss) and torch.equal(samples, expected_samples)
     assert torch.equal(wide_hidden.grad[:, ::2], dh) and torch.count_nonzero(wide_hidden.grad[:, 1::2]) == 0
     assert torch.equal(table.grad[5 : 5 + V, :E], dW)
     assert torch.count_nonzero(table.grad) == torch.count_nonzero(dW)
 
 
-def test_gradients_are_bitwise_deterministic(device):
+def test_gradients_are_bitwise_deterministic(device, strategy):
     inputs = make_inputs(70, 131, 64, device=device, seed=9, zero_rows=(2,))
-    first = kernel_loss_and_grads(*inputs)
-    second = kernel_loss_and_grads(*inputs)
+    first = kernel_loss_and_grads(*inputs, **strategy)
+    second = kernel_loss_and_grads(*inputs, **strategy)
     assert torch.equal(first[0], second[0])
     for a, b in zip(first[2], second[2]):
         assert torch.equal(a, b)
 
 
-def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes):
+def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes, strategy):
     """docs/design.md §5: max error against fp64 <= 2x the error of PyTorch in the same dtype, plus a small slack."""
     for dtype in [d for d in float_dtypes if d != torch.float32]:
         inputs32 = make_inputs(37, 203, 64, device=device, seed=10, zero_rows=(1,))
         hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
         targets, weights = inputs32[3:]
-        loss, _, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights)
+        loss, _, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights, **strategy)
         truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.float64)
         torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=dtype)
         assert grads[0].dtype == dtype and grads[1].dtype == dtype and grads[2].dtype == dtype
@@ -191,13 +203,14 @@ def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes):
 
 
 @pytest.mark.gpu
-def test_bf16_and_large_vocabulary_on_gpu(device):
+def test_bf16_and_large_vocabulary_on_gpu(device, strategy):
     """Real sizes where the interpreter is too slow: V = 30522 (not a tile multiple), E = 768, bf16."""
     inputs32 = make_inputs(19 * 16, 30522, 768, device=device, seed=12, zero_rows=(0, 5))
     for dtype in (torch.float32, torch.bfloat16):
         hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
         targets, weights = inputs32[3:]
-        loss, samples, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=3)
+        loss, samples, grads = kernel_loss_and_grads(hidden, weight, bias, targets, weights, seed=3,
+                                                     strategy=strategy["strategy"])
         truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.float64)
         if dtype == torch.float32:
             assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
@@ -238,18 +251,18 @@ def test_bad_inputs_raise_naming_the_argument(device, change, error, match):
 # ---------------------------------------------------------------------------------------------- compile
 
 
-def test_torch_compile_fullgraph_forward_and_backward(device):
+def test_torch_compile_fullgraph_forward_and_backward(device, strategy):
     inputs = make_inputs(37, 203, 64, device=device, seed=13, zero_rows=(4,))
 
     def step(hidden, weight, bias, targets, weights):
-        loss, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=5)
+        loss, samples = ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=5, **strategy)
         return loss * 2.0, samples
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     h, w, b = leaf(inputs[0]), leaf(inputs[1]), leaf(inputs[2])
     loss, samples = compiled(h, w, b, *inputs[3:])
     loss.backward()
-    expected_loss, expected_samples, expected_grads = kernel_loss_and_grads(*inputs, seed=5)
+    expected_loss, expected_samples, expected_grads = kernel_loss_and_grads(*inputs, seed=5, **strategy)
     assert torch.equal(samples, expected_samples)
     assert torch.equal(loss.detach(), 2 * expected_loss)
     for grad, expected in zip((h.grad, w.grad, b.grad), expected_grads):
@@ -318,9 +331,72 @@ def test_reference_sample_frequencies_follow_softmax(temperature):
         assert stats.chisquare(counts.numpy(), untempered.numpy()).pvalue < 1e-6
 
 
-def test_custom_op_registration_passes_opcheck(device):
-    """Schema, fake (meta) outputs, autograd registration and AOT dispatch of the custom op agree with it."""
+@pytest.mark.parametrize("compute_grad", [True, False])
+def test_custom_op_registration_passes_opcheck(device, compute_grad):
+    """Schema, fake (meta) outputs, autograd registration and AOT dispatch of both designs' custom ops (inputs
+    need gradients exactly when the forward forms them, as generator_loss_and_sample arranges)."""
     hidden, weight, bias, targets, weights = make_inputs(5, 11, 8, device=device, zero_rows=(2,))
-    arguments = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), targets, weights, 1.0, False,
-                 3)
-    torch.library.opcheck(fused.generator_head_forward, arguments)
+    leaves = tuple(t.requires_grad_(compute_grad) for t in (hidden, weight, bias))
+    options = (1.0, False, 3, compute_grad)
+    torch.library.opcheck(fused.generator_head_forward, (*leaves, targets, weights, *options))
+    torch.library.opcheck(fused.generator_head_chunked, (*leaves, targets, weights, *options, 2))
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+
+
+def test_the_two_designs_agree(device):
+    """fused and chunked (several chunk sizes) give the same samples and the same loss and gradients up to
+    fp32 rounding (each is within 1e-5 of fp64 by the tests above; here against each other)."""
+    inputs = make_inputs(53, 301, 96, device=device, seed=15, zero_rows=(0, 52))
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=8, strategy="fused")
+    for chunk_rows in (1, 7, 53, 1000):
+        other_loss, other_samples, other_grads = kernel_loss_and_grads(*inputs, seed=8, strategy="chunked",
+                                                                       chunk_rows=chunk_rows)
+        assert torch.equal(other_samples, samples)
+        assert torch.allclose(other_loss, loss, rtol=1e-5, atol=0)
+        for grad, other in zip(grads, other_grads):
+            assert max_error(other, grad) <= 1e-5 * grad.abs().max().item()
+
+
+def test_without_gradients_the_forward_gives_the_same_loss_and_samples(device, strategy):
+    """Under no_grad (an evaluation) neither design forms gradients; the loss and samples do not change."""
+    inputs = make_inputs(37, 203, 64, device=device, seed=16)
+    loss, samples, _ = kernel_loss_and_grads(*inputs, seed=2, **strategy)
+    with torch.no_grad():
+        eval_loss, eval_samples = ef.generator_loss_and_sample(*inputs, seed=2, **strategy)
+    assert torch.equal(eval_samples, samples)
+    assert torch.allclose(eval_loss, loss, rtol=1e-6, atol=0)
+
+
+def test_wider_than_the_fused_tiles(device, strategy):
+    """E above MAX_EMBEDDING: auto takes the chunked design; both still compute the right thing."""
+    from electra_fast.fused import generator_head_strategy as strategies
+    from electra_fast.kernels.generator_head import MAX_EMBEDDING
+
+    assert strategies.choose(4096, 30522, MAX_EMBEDDING + 64, 2) == "chunked"
+    inputs = make_inputs(9, 67, MAX_EMBEDDING + 64, device=device, seed=17, zero_rows=(3,))
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=4, **strategy)
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+    assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=4)[1])
+
+
+def test_auto_picks_by_the_modeled_work():
+    """The default follows the roofline model of both designs' work: fused where its re-reads are cheap (narrow
+    E: the small preset), chunked where they dominate (base and large), at ELECTRA's paper batches."""
+    from electra_fast.fused import generator_head_strategy as strategies
+
+    for rows, width, expected in [(19 * 128, 128, "fused"), (19 * 256, 768, "chunked"), (19 * 2048, 1024, "chunked")]:
+        seconds = strategies.modeled_seconds(rows, 30522, width, 2)
+        assert strategies.choose(rows, 30522, width, 2) == expected == min(seconds, key=seconds.get)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(strategy="cublas"), ValueError, "strategy"),
+    (dict(chunk_rows=0), ValueError, "chunk_rows"),
+    (dict(chunk_rows=2.5), TypeError, "chunk_rows"),
+])
+def test_bad_strategy_arguments(device, change, error, match):
+    with pytest.raises(error, match=match):
+        ef.generator_loss_and_sample(*make_inputs(5, 11, 8, device=device), **change)

@@ -105,19 +105,28 @@ def _masking_launches():
 
 
 def _generator_head_launches(dtype):
-    from electra_fast.kernels import generator_head
+    """Both designs' kernels: the fused forward (with and without gradients) and backward, and the chunked
+    design's epilogue (with and without gradients, in place for fp32)."""
+    from electra_fast.kernels import generator_head, generator_head_chunked
 
     g = torch.Generator().manual_seed(1)
-    for rows, width, vocab in ((5, 40, 203), (1, 128, 64), (70, 24, 97)):
+    for rows, width, vocab in ((5, 40, 203), (1, 128, 64), (70, 24, 97), (3, 300, 1500)):
         hidden = torch.randn(rows, width + 8, generator=g).to(dtype)[:, 4:4 + width]  # strided rows
         weight = torch.randn(width, vocab, generator=g).to(dtype).t()  # a transposed view: strides (1, V)
         targets = torch.randint(0, vocab, (rows,), generator=g)
         bias = torch.randn(vocab, generator=g).to(dtype) if vocab != 64 else None
-        lse, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0, disallow_correct=True,
-                                           seed=5)
+        for compute_grad in (False, True):
+            lse, _, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0,
+                                                  disallow_correct=True, seed=5, compute_grad=compute_grad)
         row_scale = torch.rand(rows, generator=g)
         row_scale[::2] = 0.0  # padding slots
         generator_head.backward(hidden, weight, bias, targets, lse, row_scale)
+
+        logits = torch.randn(rows, vocab + 3, generator=g)[:, :vocab]  # rows with a stride wider than V
+        outputs = (torch.empty(rows), torch.empty(rows), torch.empty(rows, dtype=torch.int64))
+        for grad_logits in (None, logits, torch.empty(rows, vocab, dtype=dtype)):
+            generator_head_chunked.forward(logits, targets, row_scale, *outputs, grad_logits=grad_logits,
+                                           temperature=1.0, disallow_correct=False, seed=5, row_offset=7)
 
 
 def _rtd_launches(dtype):
@@ -187,8 +196,8 @@ def test_every_kernel_launch_stays_in_bounds(geometry):
         _philox_launches()
     kernels = {launch.kernel for launch in launches}
     assert kernels == {
-        "mask_tokens_kernel", "generator_head_forward_kernel", "generator_head_backward_hidden_kernel",
-        "generator_head_backward_weight_kernel", "rtd_loss_forward_kernel", "rtd_loss_backward_kernel",
+        "mask_tokens_kernel", "generator_head_forward_kernel", "generator_head_backward_kernel",
+        "chunk_epilogue_kernel", "rtd_loss_forward_kernel", "rtd_loss_backward_kernel",
         "attention_forward_kernel", "attention_backward_dq_kernel", "attention_backward_dkdv_kernel",
         "philox_draws_kernel",
     }

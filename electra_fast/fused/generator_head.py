@@ -1,8 +1,15 @@
-"""The fused generator head as torch.library custom ops with autograd (opaque to torch.compile).
+"""The generator head's two Triton-path designs as torch.library custom ops with autograd (opaque to
+torch.compile). Arguments are assumed validated by ``electra_fast.ops``.
 
-``electra_fast::generator_head_forward`` returns (loss, samples, lse); only the inputs and the per-row LSE
-are saved for backward. ``electra_fast::generator_head_backward`` recomputes the logits in the kernels and
-returns (dh, dW, db). Arguments are assumed validated by ``electra_fast.ops``.
+* ``electra_fast::generator_head_forward`` (strategy "fused", kernels/generator_head.py) returns (loss, samples,
+  lse, grad_rows); with gradients on, grad_rows [M, E] fp32 is each row's cross-entropy gradient with respect
+  to its hidden row, made in the forward kernel. ``electra_fast::generator_head_backward`` recomputes the logits
+  once for (dW, db); dh = row_scale * grad_rows.
+* ``electra_fast::generator_head_chunked`` (strategy "chunked") runs the three GEMMs with torch (cuBLAS on a GPU)
+  a chunk of rows at a time and kernels/generator_head_chunked.py's epilogue between them; with gradients on
+  it returns the loss's (dh, dW, db) for a unit upstream gradient, and the backward only scales them.
+
+Both draw the same Philox numbers, so the samples are the reference's (up to near-ties in the logits).
 """
 
 from __future__ import annotations
@@ -12,87 +19,177 @@ from typing import Optional
 import torch
 
 from ..contracts import generator_head_slots
-from ..kernels import generator_head as kernel
+from ..kernels import generator_head as fused_kernel
+from ..kernels import generator_head_chunked as chunk_kernel
+from . import generator_head_strategy as strategies
 
 
-def _row_weights(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 slot weights and their normaliser sum(w) (1 when every weight is 0, so the loss is then 0)."""
+def _row_weights(weights: torch.Tensor) -> torch.Tensor:
+    """w / sum(w) in fp32; all zeros when the weights sum to 0 (the loss is then 0)."""
     weights = weights.float()
     total = weights.sum()
-    return weights, torch.where(total > 0, total, torch.ones_like(total))
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _weighted_loss(lse, target_logit, row_weights):
+    # Padding rows contribute exactly 0, even if their logits were not finite.
+    return torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
+
+
+# --------------------------------------------------------------------------------------- fused (Triton only)
 
 
 @torch.library.custom_op("electra_fast::generator_head_forward", mutates_args=())
 def generator_head_forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    temperature: float,
-    disallow_correct: bool,
-    seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fp32 weighted-mean loss, int64 samples [M], fp32 per-row LSE [M]); targets int64, weights [M]."""
-    lse, target_logit, samples = kernel.forward(
-        hidden, weight, bias, targets, temperature=temperature, disallow_correct=disallow_correct, seed=seed
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    weights: torch.Tensor, temperature: float, disallow_correct: bool, seed: int, compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 loss, int64 samples [M], fp32 LSE [M], fp32 grad_rows [M, E] or [0, E] without gradients)."""
+    lse, target_logit, samples, grad_rows = fused_kernel.forward(
+        hidden, weight, bias, targets, temperature=temperature, disallow_correct=disallow_correct, seed=seed,
+        compute_grad=compute_grad,
     )
-    row_weights, total = _row_weights(weights)
-    # Padding rows contribute exactly 0, even if their logits were not finite.
-    per_row = torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse))
-    return per_row.sum() / total, samples, lse
+    if grad_rows is None:
+        grad_rows = hidden.new_empty((0, hidden.shape[1]), dtype=torch.float32)
+    return _weighted_loss(lse, target_logit, _row_weights(weights)), samples, lse, grad_rows
 
 
 @generator_head_forward.register_fake
-def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed):
-    rows = hidden.shape[0]
-    return (
-        hidden.new_empty((), dtype=torch.float32),
-        hidden.new_empty((rows,), dtype=torch.int64),
-        hidden.new_empty((rows,), dtype=torch.float32),
-    )
+def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed, compute_grad):
+    rows, width = hidden.shape
+    return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty((rows,), dtype=torch.int64),
+            hidden.new_empty((rows,), dtype=torch.float32),
+            hidden.new_empty((rows if compute_grad else 0, width), dtype=torch.float32))
 
 
 @torch.library.custom_op("electra_fast::generator_head_backward", mutates_args=())
 def generator_head_backward(
-    grad_loss: torch.Tensor,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    lse: torch.Tensor,
+    grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    targets: torch.Tensor, weights: torch.Tensor, lse: torch.Tensor, grad_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dh, dW, db fp32) of the loss; dlogits of row m are scaled by grad_loss * w_m / sum(w)."""
-    row_weights, total = _row_weights(weights)
-    row_scale = (grad_loss.float() * row_weights / total).contiguous()
-    return kernel.backward(hidden, weight, bias, targets, lse, row_scale)
+    """(dh like hidden, dW like weight, db fp32); dlogits of row m are scaled by grad_loss * w_m / sum(w)."""
+    row_scale = (grad_loss.float() * _row_weights(weights)).contiguous()
+    grad_weight, grad_bias = fused_kernel.backward(hidden, weight, bias, targets, lse, row_scale)
+    grad_hidden = torch.where(row_scale[:, None] != 0, row_scale[:, None] * grad_rows, 0.0).to(hidden.dtype)
+    return grad_hidden, grad_weight, grad_bias
 
 
 @generator_head_backward.register_fake
-def _(grad_loss, hidden, weight, bias, targets, weights, lse):
-    return (
-        torch.empty_like(hidden, memory_format=torch.contiguous_format),
-        weight.new_empty(weight.shape),
-        weight.new_empty((weight.shape[0],), dtype=torch.float32),
-    )
+def _(grad_loss, hidden, weight, bias, targets, weights, lse, grad_rows):
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format), weight.new_empty(weight.shape),
+            weight.new_empty((weight.shape[0],), dtype=torch.float32))
 
 
-def _setup_context(ctx, inputs, output):
+def _fused_setup_context(ctx, inputs, output):
     hidden, weight, bias, targets, weights, *_ = inputs
-    ctx.save_for_backward(hidden, weight, bias, targets, weights, output[2])
+    _, samples, lse, grad_rows = output
+    ctx.save_for_backward(hidden, weight, bias, targets, weights, lse, grad_rows)
+    ctx.mark_non_differentiable(samples)
 
 
-def _backward(ctx, grad_loss, grad_samples, grad_lse):
-    hidden, weight, bias, targets, weights, lse = ctx.saved_tensors
+def _fused_backward(ctx, grad_loss, _grad_samples, _grad_lse, _grad_grad_rows):
+    hidden, weight, bias, targets, weights, lse, grad_rows = ctx.saved_tensors
+    if grad_rows.shape[0] != hidden.shape[0]:
+        raise RuntimeError("generator head: the forward ran without gradients (compute_grad=False)")
     grad_hidden, grad_weight, grad_bias = generator_head_backward(
-        grad_loss, hidden, weight, bias, targets, weights, lse
+        grad_loss, hidden, weight, bias, targets, weights, lse, grad_rows
     )
     grad_bias = None if bias is None else grad_bias.to(bias.dtype)
-    return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+    return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-generator_head_forward.register_autograd(_backward, setup_context=_setup_context)
+generator_head_forward.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+# ------------------------------------------------------------------------------------- chunked (GEMM library)
+
+
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """a @ b with fp32 accumulation and an fp32 result (added into ``out`` when given): 16-bit operands run the
+    GEMM library's 16-bit kernels with an fp32 output on CUDA (``out_dtype``), and are upcast elsewhere."""
+    if a.dtype != torch.float32 and a.is_cuda and hasattr(torch.ops.aten.mm, "dtype"):
+        if out is None:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+    a, b = a.float(), b.float()
+    return a @ b if out is None else out.addmm_(a, b)
+
+
+@torch.library.custom_op("electra_fast::generator_head_chunked", mutates_args=())
+def generator_head_chunked(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+    weights: torch.Tensor, temperature: float, disallow_correct: bool, seed: int, compute_grad: bool,
+    chunk_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 loss, int64 samples [M], and with gradients the loss's fp32 dh [M, E], dW [V, E] and db [V] for a
+    unit upstream gradient; without them, empty tensors)."""
+    M, E = hidden.shape
+    V = weight.shape[0]
+    device = hidden.device
+    row_weights = _row_weights(weights)
+    lse = torch.empty(M, dtype=torch.float32, device=device)
+    target_logit = torch.empty(M, dtype=torch.float32, device=device)
+    samples = torch.empty(M, dtype=torch.int64, device=device)
+    grad_hidden = torch.empty((M, E) if compute_grad else (0, E), dtype=torch.float32, device=device)
+    # dW and db accumulate in fp32 across chunks and are cast once (docs/design.md §5).
+    grad_weight = torch.zeros((V, E) if compute_grad else (0, E), dtype=torch.float32, device=device)
+    grad_bias = torch.zeros(V if compute_grad else 0, dtype=torch.float32, device=device)
+    for start in range(0, M, chunk_rows):
+        end = min(M, start + chunk_rows)
+        chunk_hidden = hidden[start:end]
+        logits = _matmul_fp32(chunk_hidden, weight.t())
+        if bias is not None:
+            logits += bias.float()
+        # fp32 inputs: the gradient overwrites the logits; 16-bit inputs: a 16-bit copy feeds the 16-bit GEMMs.
+        grad_logits = None
+        if compute_grad:
+            grad_logits = logits if hidden.dtype == torch.float32 else torch.empty_like(logits, dtype=hidden.dtype)
+        chunk_kernel.forward(
+            logits, targets[start:end], row_weights[start:end], lse[start:end], target_logit[start:end],
+            samples[start:end], grad_logits=grad_logits, temperature=temperature, disallow_correct=disallow_correct,
+            seed=seed, row_offset=start,
+        )
+        if compute_grad:
+            grad_hidden[start:end] = _matmul_fp32(grad_logits, weight)
+            _matmul_fp32(grad_logits.t(), chunk_hidden, out=grad_weight)
+            grad_bias += grad_logits.sum(dim=0, dtype=torch.float32)
+    return _weighted_loss(lse, target_logit, row_weights), samples, grad_hidden, grad_weight, grad_bias
+
+
+@generator_head_chunked.register_fake
+def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed, compute_grad, chunk_rows):
+    (rows, width), vocab = hidden.shape, weight.shape[0]
+    if not compute_grad:
+        rows = vocab = 0
+    return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty((hidden.shape[0],), dtype=torch.int64),
+            hidden.new_empty((rows, width), dtype=torch.float32), hidden.new_empty((vocab, width), dtype=torch.float32),
+            hidden.new_empty((vocab,), dtype=torch.float32))
+
+
+def _chunked_setup_context(ctx, inputs, output):
+    hidden, weight, bias = inputs[:3]
+    _, samples, grad_hidden, grad_weight, grad_bias = output
+    ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+    ctx.rows = hidden.shape[0]
+    ctx.mark_non_differentiable(samples)
+
+
+def _chunked_backward(ctx, grad_loss, _grad_samples, *_unused):
+    grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+    if grad_hidden.shape[0] != ctx.rows:
+        raise RuntimeError("generator head: the forward ran without gradients (compute_grad=False)")
+    hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+    scale = grad_loss.float()
+    return ((grad_hidden * scale).to(hidden_dtype), (grad_weight * scale).to(weight_dtype),
+            None if bias_dtype is None else (grad_bias * scale).to(bias_dtype),
+            None, None, None, None, None, None, None)
+
+
+generator_head_chunked.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------- entry
 
 
 def generator_loss_and_sample(
@@ -105,11 +202,23 @@ def generator_loss_and_sample(
     temperature: float = 1.0,
     disallow_correct: bool = False,
     seed: int = 0,
+    strategy: str = "auto",
+    chunk_rows: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples)."""
     targets, weights = generator_head_slots(hidden, targets, weights)
-    loss, samples, _ = generator_head_forward(
-        hidden, weight, None if bias is None else bias.contiguous(), targets, weights, float(temperature),
-        bool(disallow_correct), int(seed),
+    bias = None if bias is None else bias.contiguous()
+    M, E = hidden.shape
+    chunk_rows = chunk_rows or strategies.default_chunk_rows(M)
+    if strategy == "auto":
+        strategy = strategies.choose(M, weight.shape[0], E, hidden.element_size(), chunk_rows)
+    # Gradients are formed in the forward (both designs) only when a backward can follow.
+    compute_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
     )
+    options = (float(temperature), bool(disallow_correct), int(seed), compute_grad)
+    if strategy == "chunked":
+        loss, samples, *_ = generator_head_chunked(hidden, weight, bias, targets, weights, *options, int(chunk_rows))
+    else:
+        loss, samples, *_ = generator_head_forward(hidden, weight, bias, targets, weights, *options)
     return loss, samples
