@@ -53,7 +53,8 @@ SM_LIMITS = {"sm_80": {"registers": 65536, "shared_bytes": 164 * 1024, "warps": 
 PAPER_BATCH = {"small": 128, "base": 256, "large": 2048}  # ELECTRA paper, Table 6 (pre-training batch size)
 VOCAB = 30522
 HALF = torch.float16  # stands in for bf16: same bytes, computed right by the interpreter
-PASSES = {"masking": ("forward",), "generator_head": ("forward", "backward"), "rtd_loss": ("forward", "backward"),
+PASSES = {"masking": ("forward",), "generator_head": ("forward", "backward", "fwd+bwd"),
+          "generator_head_chunked": ("forward", "backward", "fwd+bwd"), "rtd_loss": ("forward", "backward"),
           "attention": ("forward", "backward")}
 
 
@@ -208,73 +209,129 @@ def rtd_minimum(p: Problem) -> dict:
     return {"forward": (0, forward), "backward": (0, backward)}
 
 
-GENERATOR_TILE = 64  # HALF_TILES.block_m and block_v: rows and vocabulary ids per tile
+GENERATOR_TILE = 64  # the generator head's scaling unit: 64 rows, 64 vocabulary ids (whole tiles of every E)
 
 
 def generator_head_units(p: Problem) -> tuple:
-    """(row tiles, vocabulary tiles). The last vocabulary tile may be partial; scaled runs keep its width."""
+    """(row units, vocabulary units). The last vocabulary unit may be partial; scaled runs keep its width."""
     rows = p.batch * p.masked
-    assert rows % GENERATOR_TILE == 0, "scaling is exact only for whole row tiles"
+    assert rows % GENERATOR_TILE == 0, "scaling is exact only for whole row units"
     return rows // GENERATOR_TILE, -(-p.vocab // GENERATOR_TILE)
 
 
-def _generator_head_splits(row_tiles: int, vocab_tiles: int, embedding: int) -> tuple:
-    """Vocabulary splits (forward, backward dh) of the real launch with ``row_tiles`` and ``vocab_tiles``."""
+def _generator_head_splits(row_units: int, vocab: int, embedding: int) -> int:
+    """Vocabulary splits of the fused forward's real launch with ``row_units`` and ``vocab`` ids."""
     from .kernels import generator_head
 
-    tiles = generator_head.HALF_TILES
-    e_tiles = -(-embedding // tiles.block_e(embedding))
+    tiles = generator_head.tiles_for(HALF, embedding)
     with gpu_launch_geometry():
-        return tuple(generator_head._vocab_splits(programs, vocab_tiles * tiles.block_v, tiles, None)[0]
-                     for programs in (row_tiles, row_tiles * e_tiles))
+        return generator_head._vocab_splits(row_units * GENERATOR_TILE // tiles.forward_block_m, vocab,
+                                            tiles.forward_block_v, None)[0]
 
 
 def generator_head_probes(p: Problem) -> tuple:
-    """Row tiles 1 and 2, and two vocabulary-tile counts at which the splits grow affinely towards the real
-    launch's: each split does a fixed amount of work besides its tiles, so a count is A * tiles + B * splits +
-    C. Either one tile per split, as in the real launches (1 and 2 tiles), or the real number of splits in
-    both kernels (the two fewest such tile counts). Every count is then bilinear in (row tiles, vocab tiles)."""
-    row_tiles, vocab_tiles = generator_head_units(p)
-    real = _generator_head_splits(row_tiles, vocab_tiles, p.embedding)
-    if real == (vocab_tiles, vocab_tiles):
+    """Row units 1 and 2, and two vocabulary-unit counts at which the forward's splits grow affinely towards the
+    real launch's: each split does a fixed amount of work besides its tiles, so a count is A * tiles + B * splits
+    + C. Either one tile per split, as in the real launch (1 and 2 units), or the real number of splits (the two
+    fewest such unit counts). Every count is then bilinear in (row units, vocabulary units)."""
+    from .kernels import generator_head
+
+    row_units, vocab_units = generator_head_units(p)
+    real = _generator_head_splits(row_units, p.vocab, p.embedding)
+    if real == -(-p.vocab // generator_head.tiles_for(HALF, p.embedding).forward_block_v):
         return (1, 2), (1, 2)
-    same = [t for t in range(1, vocab_tiles + 1) if _generator_head_splits(row_tiles, t, p.embedding) == real]
+    same = [t for t in range(1, vocab_units + 1)
+            if _generator_head_splits(row_units, _scaled_vocab(p, t), p.embedding) == real]
     return (1, 2), tuple(same[:2])
 
 
-def run_generator_head(p: Problem, n: tuple) -> dict:
-    row_tiles, vocab_tiles = n
+def _scaled_vocab(p: Problem, vocab_units: int) -> int:
     last_width = p.vocab - GENERATOR_TILE * (-(-p.vocab // GENERATOR_TILE) - 1)
-    vocab = GENERATOR_TILE * (vocab_tiles - 1) + last_width
-    return _run_generator_head(row_tiles, p.embedding, vocab, generator_head_units(p)[0])
+    return GENERATOR_TILE * (vocab_units - 1) + last_width
 
 
-@functools.lru_cache(maxsize=None)
-def _run_generator_head(row_tiles: int, embedding: int, vocab: int, real_row_tiles: int) -> dict:
-    from .kernels import generator_head
-    from .sanitizer import sanitize
+def run_generator_head(p: Problem, n: tuple) -> dict:
+    row_units, vocab_units = n
+    return _run_generator_head(row_units, p.embedding, _scaled_vocab(p, vocab_units), generator_head_units(p)[0])
 
-    rows = row_tiles * GENERATOR_TILE
+
+def _head_inputs(rows: int, embedding: int, vocab: int):
     g = _generator()
     hidden = torch.randn(rows, embedding, generator=g).to(HALF)
     weight = (torch.randn(vocab, embedding, generator=g) * 0.05).to(HALF)
-    bias = torch.zeros(vocab, dtype=HALF)
-    targets = torch.randint(0, vocab, (rows,), generator=g)
-    with gpu_launch_geometry(generator_head_row_tiles=(row_tiles, real_row_tiles)):
+    return hidden, weight, torch.zeros(vocab, dtype=HALF), torch.randint(0, vocab, (rows,), generator=g)
+
+
+@functools.lru_cache(maxsize=None)
+def _run_generator_head(row_units: int, embedding: int, vocab: int, real_row_units: int) -> dict:
+    """The fused design in training: the forward with gradients on, then the backward."""
+    from .kernels import generator_head
+    from .sanitizer import sanitize
+
+    rows = row_units * GENERATOR_TILE
+    hidden, weight, bias, targets = _head_inputs(rows, embedding, vocab)
+    with gpu_launch_geometry(generator_head_row_tiles=(row_units, real_row_units)):
         with sanitize(skip_dot_math=True) as forward:
-            lse, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0,
-                                               disallow_correct=False, seed=3)
+            lse, _, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0,
+                                                  disallow_correct=False, seed=3, compute_grad=True)
         with sanitize(skip_dot_math=True) as backward:
             generator_head.backward(hidden, weight, bias, targets, lse, torch.full((rows,), 1.0 / rows))
-    return {"forward": forward, "backward": backward}
+    return {"forward": forward, "backward": backward, "fwd+bwd": forward + backward}
 
 
 def generator_head_minimum(p: Problem) -> dict:
+    """Forward: the logits GEMM, reading the inputs once, writing per-row results. Backward: the dh and dW GEMMs
+    from the saved inputs, writing the gradients. The fused design does dh's GEMM in its forward: its forward
+    shows 2x, its backward 1x, and fwd+bwd is the figure to compare."""
     m, v, e = p.batch * p.masked, p.vocab, p.embedding
     inputs = m * e * 2 + v * e * 2 + v * 2 + m * 8  # hidden, weight, bias, targets
     forward = inputs + m * (4 + 4 + 8)  # -> lse, target logit, sample
     backward = inputs + m * (4 + 4) + m * e * 2 + v * e * 2 + v * 4  # + lse, row scale -> dh, dW, db
-    return {"forward": (2 * m * v * e, forward), "backward": (4 * m * v * e, backward)}
+    return {"forward": (2 * m * v * e, forward), "backward": (4 * m * v * e, backward),
+            "fwd+bwd": (6 * m * v * e, forward + backward - inputs)}
+
+
+def generator_head_chunked_units(p: Problem) -> tuple:
+    return (p.batch * p.masked,)  # one epilogue program per row
+
+
+def run_generator_head_chunked(p: Problem, n: tuple) -> dict:
+    return _run_generator_head_chunked(n[0], p.vocab)
+
+
+@functools.lru_cache(maxsize=None)
+def _run_generator_head_chunked(rows: int, vocab: int) -> dict:
+    """The chunked design's Triton epilogue over ``rows`` rows of fp32 logits, forming 16-bit gradients (its
+    GEMMs are the library's: ``generator_head_chunked_library_work`` counts them)."""
+    from .kernels import generator_head_chunked
+    from .sanitizer import sanitize
+
+    g = _generator()
+    logits = torch.randn(rows, vocab, generator=g)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    outputs = (torch.empty(rows), torch.empty(rows), torch.empty(rows, dtype=torch.int64))
+    with sanitize() as forward:
+        generator_head_chunked.forward(logits, targets, torch.full((rows,), 1.0 / rows), *outputs,
+                                       grad_logits=torch.empty(rows, vocab, dtype=HALF), temperature=1.0,
+                                       disallow_correct=False, seed=3, row_offset=0)
+    return {"forward": forward, "backward": [], "fwd+bwd": forward}
+
+
+def generator_head_chunked_library_work(p: Problem) -> dict:
+    """{pass: (FLOPs, bytes)} of what the chunked design runs outside Triton, each operand read and each result
+    written once per call: per chunk the logits GEMM (+ bias), dh's GEMM, dW's GEMM into the fp32 accumulator
+    (read and written) and db's column sum; in the backward, the fp32 gradients scaled and cast once."""
+    from .fused.generator_head_strategy import default_chunk_rows
+
+    m, v, e, s = p.batch * p.masked, p.vocab, p.embedding, HALF.itemsize
+    chunks = -(-m // default_chunk_rows(m))
+    logits = m * e * s + chunks * v * e * s + m * v * 4 + m * v * 8  # h, W -> fp32 logits; += bias (read, write)
+    grad_hidden = m * v * s + chunks * v * e * s + m * e * 4
+    grad_weight = m * v * s + m * e * s + chunks * v * e * 8
+    grad_bias = m * v * s + chunks * v * 8
+    forward = (6 * m * v * e, logits + grad_hidden + grad_weight + grad_bias)
+    backward = (0, (m * e + v * e + v) * (4 + s))
+    return {"forward": forward, "backward": backward, "fwd+bwd": (forward[0], forward[1] + backward[1])}
 
 
 def attention_units(p: Problem) -> tuple:
@@ -323,9 +380,13 @@ def one_and_two(p: Problem) -> tuple:
     return ((1, 2),)
 
 
+# Work a design runs outside Triton (library GEMMs), added to its counted kernels: {pass: (FLOPs, bytes)}.
+LIBRARY_WORK = {"generator_head_chunked": generator_head_chunked_library_work}
 KERNELS = {  # name: (units per axis, two probe values per axis, run at given units, minimum work per pass)
     "masking": (masking_units, one_and_two, run_masking, masking_minimum),
     "generator_head": (generator_head_units, generator_head_probes, run_generator_head, generator_head_minimum),
+    "generator_head_chunked": (generator_head_chunked_units, one_and_two, run_generator_head_chunked,
+                               generator_head_minimum),
     "rtd_loss": (rtd_units, one_and_two, run_rtd_loss, rtd_minimum),
     "attention": (attention_units, one_and_two, run_attention, attention_minimum),
 }
@@ -363,6 +424,10 @@ def scaled_counts(kernel: str, p: Problem) -> dict:
                         for key in ("flops", "bytes")}
         counts[name]["out_of_bounds"] = sum(t["out_of_bounds"] for t in totals.values())  # seen, not scaled
         counts[name]["launches"] = runs[min(runs)][name]
+        if kernel in LIBRARY_WORK:
+            flops, nbytes = LIBRARY_WORK[kernel](p)[name]
+            counts[name]["flops"] += flops
+            counts[name]["bytes"] += nbytes
     return counts
 
 

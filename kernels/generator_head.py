@@ -33,7 +33,7 @@ from .philox import draw_uniform
 from .registry import TRITON_DTYPES, interpreted, pointer_type, register
 
 GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
-PRESET_EMBEDDINGS = (128, 256, 768, 1024)  # generator-head widths of the presets (and 256: base's generator)
+PRESET_EMBEDDINGS = (64, 128, 256, 768, 1024)  # generator-head E of the presets (tiny, small, base and large), and 256
 MAX_EMBEDDING = 1024  # widest E whose accumulators the tiles below keep in registers
 
 

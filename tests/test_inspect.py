@@ -13,9 +13,9 @@ pytestmark = pytest.mark.skipif(not registry.interpreted(), reason="counting pat
 
 from electra_fast import cli, inspect  # noqa: E402
 
-# Small vocabularies keep the generator head quick; 64 rows x P = 19 slots = 19 whole row tiles. With 1000 ids
-# (16 tiles) each vocabulary split is one tile; with 4000 (63 tiles) there are 21 splits of 3 tiles.
-PROBLEM = inspect.Problem("linearity", batch=64, seq_len=128, hidden=128, heads=2, embedding=64, vocab=1000,
+# Small vocabularies keep the generator head quick; 64 rows x P = 19 slots = 19 whole row units. With 800 ids
+# each vocabulary split is one tile; with 4000 the splits hold several tiles.
+PROBLEM = inspect.Problem("linearity", batch=64, seq_len=128, hidden=128, heads=2, embedding=64, vocab=800,
                           mask_prob=0.15)
 CASES = [(kernel, PROBLEM) for kernel in inspect.KERNELS]
 CASES.append(("generator_head", dataclasses.replace(PROBLEM, vocab=4000)))
@@ -72,6 +72,8 @@ def test_records_have_every_field_and_no_out_of_bounds(records):
     for row in records:
         assert fields <= set(row), row["kernel"]
         assert row["out_of_bounds"] == 0, row
+        if not row["launches"]:  # a pass done by library calls only (the chunked head's backward)
+            continue
         assert row["registers"] is not None and row["spills"] == 0, row  # the sm_90a configuration was found
         assert row["sm_80"]["registers"] is not None and row["sm_80"]["spills"] == 0, row
         assert 0 < row["occupancy"] <= 1 and 0 < row["sm_80"]["occupancy"] <= 1, row
@@ -102,10 +104,26 @@ def test_memory_bound_kernels_move_at_most_one_and_a_half_times_the_minimum(reco
 
 
 @pytest.mark.slow
-def test_generator_head_ratio_is_reported(records):
-    """Not bounded here (the next issue's target): forward 1 GEMM, backward recomputes the logits in both
-    of its kernels, 4 GEMMs against the minimum 2."""
-    (forward,), (backward,) = _find(records, "generator_head", "forward"), _find(records, "generator_head", "backward")
-    # the last vocabulary tile is padded to 64 ids: 30528 / 30522
-    assert forward["flops"] == pytest.approx(forward["min_flops"], rel=1e-3)
-    assert backward["flops"] == pytest.approx(2 * backward["min_flops"], rel=1e-3)
+def test_generator_head_fused_design_within_four_gemms(records):
+    """The fused design (forward with dh, backward recomputing the logits once for dW): 4 GEMMs of work against
+    the minimum 3, i.e. <= 1.4x (the last vocabulary tile's padding on top of 4/3)."""
+    (total,) = _find(records, "generator_head", "fwd+bwd")
+    assert total["flops"] <= 1.4 * total["min_flops"], total["flops"] / total["min_flops"]
+    assert total["flops"] == pytest.approx(4 / 3 * total["min_flops"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_generator_head_chunked_design_is_three_gemms(records):
+    (total,) = _find(records, "generator_head_chunked", "fwd+bwd")
+    assert total["flops"] == total["min_flops"]
+
+
+def test_generator_head_fused_work_at_the_presets_widths():
+    """E = 128, 768, 1024 (ELECTRA small, base, large): the fused design's fwd+bwd FLOPs stay <= 1.4x the three
+    GEMMs; E is held whole, so the ratio does not grow with E."""
+    for embedding in (128, 768, 1024):
+        problem = dataclasses.replace(PROBLEM, embedding=embedding, batch=64, vocab=1000)
+        counts = inspect.scaled_counts("generator_head", problem)
+        minimum = inspect.generator_head_minimum(problem)
+        assert counts["fwd+bwd"]["flops"] <= 1.4 * minimum["fwd+bwd"][0], embedding
+        assert counts["fwd+bwd"]["out_of_bounds"] == 0
