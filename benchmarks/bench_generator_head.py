@@ -1,7 +1,9 @@
 """Generator head fwd+bwd (LM head + weighted cross-entropy + Gumbel-max sample at the masked slots).
 
 Compared in the same run (time, peak memory, TFLOP/s counted as the 3 GEMMs 6 * M * V * E):
-- electra_fast: ``ef.generator_loss_and_sample`` (the fused kernel on CUDA; the reference path on CPU);
+- electra_fast: ``ef.generator_loss_and_sample`` as users call it (strategy "auto" on CUDA; the CPU path on CPU);
+- electra_fast_fused / electra_fast_chunked (GPU only): each design forced (docs/design.md §5), so that the
+  default's choice can be checked against both;
 - torch_eager: F.linear + F.cross_entropy + Gumbel argmax on the materialised logits;
 - torch_compile: torch.compile of torch_eager (GPU only, base shape only: each shape costs a compilation,
   and gpu_check.sh gives all suites 200 s);
@@ -78,8 +80,16 @@ def liger_and_sample(hidden, weight, bias, targets, weights):
     return loss, samples
 
 
-def electra_fast(hidden, weight, bias, targets, weights):
-    return ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=0)
+def electra_fast(hidden, weight, bias, targets, weights, strategy="auto"):
+    return ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=0, strategy=strategy)
+
+
+def electra_fast_fused(*case):
+    return electra_fast(*case, strategy="fused")
+
+
+def electra_fast_chunked(*case):
+    return electra_fast(*case, strategy="chunked")
 
 
 def _has_liger():
@@ -92,6 +102,8 @@ def _has_liger():
 
 IMPLS = {
     "electra_fast": electra_fast,
+    "electra_fast_fused": electra_fast_fused if ON_GPU else None,
+    "electra_fast_chunked": electra_fast_chunked if ON_GPU else None,
     "torch_eager": torch_eager,
     "torch_compile": (lambda: torch.compile(torch_eager)) if ON_GPU else None,
     "linear_cross_entropy+sample": linear_cross_entropy_and_sample if hasattr(F, "linear_cross_entropy") else None,

@@ -25,7 +25,7 @@ step "test suite on CUDA"
 timeout 150 python -m pytest tests -q -p no:cacheprovider -rfs --durations=15 > "$out/tests.log" 2>&1 || status=1
 
 # Seconds per suite: each compiles its own kernels and torch.compile baselines first.
-declare -A budget=([masking]=30 [rtd_loss]=45 [generator_head]=60 [attention]=70 [step]=40)
+declare -A budget=([masking]=25 [rtd_loss]=40 [generator_head]=70 [attention]=70 [step]=40)
 for suite in masking rtd_loss generator_head attention step; do
     step "benchmark $suite"
     timeout "${budget[$suite]}" python -m pytest "benchmarks/bench_$suite.py" -q -p no:cacheprovider \

@@ -82,7 +82,7 @@ class MaskingOptions:
 # ------------------------------------------------------------------------------------------ generator head
 
 
-GENERATOR_HEAD_STRATEGIES = ("auto", "fused", "chunked")  # the Triton path's designs (docs/design.md §5)
+GENERATOR_HEAD_STRATEGIES = ("auto", "fused", "chunked")  # the Triton path's designs (docs/design.md §5.5)
 
 
 def generator_head_slots(hidden: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor]) -> tuple:

@@ -530,12 +530,12 @@ def shown(fraction) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'kernel':<15}{'pass':<9}{'shape':<18}{'GFLOP':>11}{'x min':>7}{'MB':>13}{'x min':>8}{'regs':>6}"
+    header = (f"{'kernel':<24}{'pass':<9}{'shape':<18}{'GFLOP':>11}{'x min':>7}{'MB':>13}{'x min':>8}{'regs':>6}"
               f"{'spill':>6}{'smem':>7}{'occ':>6}{'OOB':>5}{'H100 model us':>15}")
     lines = [header]
     for r in rows:
         lines.append(
-            f"{r['kernel']:<15}{r['pass']:<9}{r['shape']:<18}"
+            f"{r['kernel']:<24}{r['pass']:<9}{r['shape']:<18}"
             f"{r['flops'] / 1e9:>11.2f}{ratio(r['flops'], r['min_flops']):>7}"
             f"{r['bytes'] / 1e6:>13.2f}{ratio(r['bytes'], r['min_bytes']):>8}{str(r['registers']):>6}"
             f"{str(r['spills']):>6}{str(r['shared_bytes']):>7}{shown(r['occupancy']):>6}{r['out_of_bounds']:>5}"

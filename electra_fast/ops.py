@@ -126,7 +126,7 @@ def generator_loss_and_sample(
     ids, ``weights`` [M] (1 real slot, 0 padding). Returns the fp32 loss and int64 samples [M]; the samples
     carry no gradient.
 
-    ``strategy`` picks the Triton path's design (docs/design.md §5): "fused" (Triton only, four GEMMs of work,
+    ``strategy`` picks the Triton path's design (docs/design.md §5.5): "fused" (Triton only, four GEMMs of work,
     O(M * E) memory), "chunked" (the three GEMMs by cuBLAS ``chunk_rows`` rows at a time, default 2 % of M,
     with a Triton epilogue between them) or "auto" (by shape, ``fused.generator_head_strategy.choose``). The
     CPU path and the reference have one implementation each and ignore it.

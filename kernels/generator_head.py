@@ -34,7 +34,7 @@ from .registry import TRITON_DTYPES, interpreted, pointer_type, register
 
 GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
 PRESET_EMBEDDINGS = (64, 128, 256, 768, 1024)  # generator-head E of the presets (tiny, small, base and large), and 256
-MAX_EMBEDDING = 1024  # widest E whose accumulators the tiles below keep in registers
+MAX_EMBEDDING = 1024  # widest E compiled and checked for spills; "auto" runs wider heads chunked
 
 
 def embedding_parts(E: int) -> tuple[int, int]:
@@ -58,8 +58,9 @@ class Tiles:
 
 
 def tiles_for(dtype: torch.dtype, E: int) -> Tiles:
-    """Tiles that keep an fp32 accumulator of [rows, E] within 64 registers a thread at 8 warps (16-bit) and
-    the [BLOCK_V, E] weight tile within 64 KiB of shared memory."""
+    """Tiles for inputs of ``dtype`` and width E. A program holds an fp32 accumulator of [rows, E] and a whole
+    [rows, E] operand in registers, so the rows per tile shrink as E grows; these are the largest that the AOT
+    compile (sm_80 and sm_90a) builds without spills at the presets' E (tests/test_aot_compile.py)."""
     width = sum(embedding_parts(E))
     if dtype == torch.float32 and not interpreted():
         # IEEE fp32 products run on CUDA cores; the operands are twice as wide.
@@ -289,11 +290,17 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
     samples = partial_index.gather(0, best_split).squeeze(0)
     if not compute_grad:
         return lse, target_logit, samples, None
-    shares = torch.exp(partial[0] - lse)[..., None]
-    grad_rows = (partial_grad * shares).sum(dim=0) if splits > 1 else partial_grad[0] * shares[0]
-    # + (p_target - 1) * W[target], in fp32 (targets of padding rows may be anything: clamp to gather).
-    target_rows = weight[targets.clamp(0, V - 1)].float()
-    grad_rows += (torch.exp(target_logit - lse) - 1.0)[:, None] * target_rows
+    # Splits' normalised sums weighted by their share of the row's total, in split order, in place (one split:
+    # the share is exactly 1 and the buffer is the result).
+    grad_rows = partial_grad[0]
+    if splits > 1:
+        shares = torch.exp(partial[0] - lse)[..., None]
+        grad_rows.mul_(shares[0])
+        for split in range(1, splits):
+            grad_rows.addcmul_(partial_grad[split], shares[split])
+        grad_rows = grad_rows.clone()  # saved for backward: [M, E], not the [splits, M, E] buffer it is a view of
+    # + (p_target - 1) * W[target] in fp32 (targets of padding rows may be anything: clamped to gather).
+    grad_rows.addcmul_((torch.exp(target_logit - lse) - 1.0)[:, None], weight[targets.clamp(0, V - 1)])
     return lse, target_logit, samples, grad_rows
 
 

@@ -14,6 +14,7 @@ Both draw the same Philox numbers, so the samples are the reference's (up to nea
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -70,7 +71,8 @@ def generator_head_backward(
     """(dh like hidden, dW like weight, db fp32); dlogits of row m are scaled by grad_loss * w_m / sum(w)."""
     row_scale = (grad_loss.float() * _row_weights(weights)).contiguous()
     grad_weight, grad_bias = fused_kernel.backward(hidden, weight, bias, targets, lse, row_scale)
-    grad_hidden = torch.where(row_scale[:, None] != 0, row_scale[:, None] * grad_rows, 0.0).to(hidden.dtype)
+    # dh = row_scale * g, exactly 0 for padding rows whatever their g; one [M, E] buffer.
+    grad_hidden = (grad_rows * row_scale[:, None]).masked_fill_(row_scale[:, None] == 0, 0.0).to(hidden.dtype)
     return grad_hidden, grad_weight, grad_bias
 
 
@@ -104,13 +106,22 @@ generator_head_forward.register_autograd(_fused_backward, setup_context=_fused_s
 # ------------------------------------------------------------------------------------- chunked (GEMM library)
 
 
+_fp32_output_gemms = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) exists in this torch
+
+
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """a @ b with fp32 accumulation and an fp32 result (added into ``out`` when given): 16-bit operands run the
     GEMM library's 16-bit kernels with an fp32 output on CUDA (``out_dtype``), and are upcast elsewhere."""
-    if a.dtype != torch.float32 and a.is_cuda and hasattr(torch.ops.aten.mm, "dtype"):
-        if out is None:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+    global _fp32_output_gemms
+    if a.dtype != torch.float32 and a.is_cuda and _fp32_output_gemms:
+        try:
+            if out is None:
+                return torch.mm(a, b, out_dtype=torch.float32)
+            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+        except (RuntimeError, TypeError) as error:  # an older torch or GPU without them: upcast (slower)
+            _fp32_output_gemms = False  # warn once, then upcast every time
+            warnings.warn(f"electra-fast: the chunked generator head's 16-bit GEMMs with an fp32 result failed "
+                          f"({error}); it upcasts their operands instead (same results, slower)", RuntimeWarning)
     a, b = a.float(), b.float()
     return a @ b if out is None else out.addmm_(a, b)
 
@@ -131,7 +142,7 @@ def generator_head_chunked(
     target_logit = torch.empty(M, dtype=torch.float32, device=device)
     samples = torch.empty(M, dtype=torch.int64, device=device)
     grad_hidden = torch.empty((M, E) if compute_grad else (0, E), dtype=torch.float32, device=device)
-    # dW and db accumulate in fp32 across chunks and are cast once (docs/design.md §5).
+    # dW and db accumulate in fp32 across chunks and are cast once (docs/design.md §5.1).
     grad_weight = torch.zeros((V, E) if compute_grad else (0, E), dtype=torch.float32, device=device)
     grad_bias = torch.zeros(V if compute_grad else 0, dtype=torch.float32, device=device)
     for start in range(0, M, chunk_rows):

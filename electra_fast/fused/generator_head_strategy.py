@@ -1,5 +1,5 @@
 """Which generator-head design runs a shape: the Triton-only ``"fused"`` one or the cuBLAS ``"chunked"`` one
-(docs/design.md §5), from the work each does and the memory it needs.
+(docs/design.md §5.5), from the work each does and the memory it needs.
 
 Both give the same loss, samples and gradients (within the parity rule). They differ in cost:
 
