@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from . import hf_attention, ops
 from .backend import use_backend
+from .contracts import GENERATOR_HEAD_STRATEGIES
 from .outputs import MaskedTokens
 from .presets import electra_configs, get_preset
 from .rng import check_seed
@@ -55,12 +56,16 @@ class ElectraObjective:
     gen_weight: float = 1.0
     disc_weight: float = 50.0
     embedding_sharing: str = "tied"  # "tied" (official), "gdes" (DeBERTa-v3), "none"
+    # How, not what: the Triton path's generator-head design, "auto", "fused" or "chunked" (docs/design.md §5.5).
+    generator_head: str = "auto"
 
     def __post_init__(self):
         if self.embedding_sharing not in EMBEDDING_SHARING:
             raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {self.embedding_sharing!r}")
         if self.mask_token_id is None:
             raise ValueError("mask_token_id is required (the id of [MASK] in your tokenizer)")
+        if self.generator_head not in GENERATOR_HEAD_STRATEGIES:
+            raise ValueError(f"generator_head must be one of {GENERATOR_HEAD_STRATEGIES}, got {self.generator_head!r}")
         for name in ("gen_weight", "disc_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -266,7 +271,7 @@ class ElectraPretrainer(SeedCounter, PreTrainedModel):
         weight, bias = lm_head_parameters(self.generator.generator_lm_head, head_hidden.dtype)
         mlm_loss, samples = ops.generator_loss_and_sample(
             head_hidden, weight, bias, masked.targets.reshape(-1), masked.weights.reshape(-1),
-            temperature=obj.temperature, disallow_correct=obj.disallow_correct, seed=seed,
+            temperature=obj.temperature, disallow_correct=obj.disallow_correct, seed=seed, strategy=obj.generator_head,
         )
         samples = samples.view(batch, slots)
 

@@ -149,6 +149,23 @@ def test_fused_flag_false_uses_the_reference_and_agrees():
     torch.testing.assert_close(a.loss, b.loss, rtol=2e-5, atol=1e-5)
 
 
+def test_generator_head_designs_agree_in_the_pretrainer():
+    """objective.generator_head picks the Triton path's design; both corrupt the same tokens and give the same
+    losses and gradients (to fp32 rounding); the choice is saved with the objective."""
+    ids, mask = make_batch()
+    outputs, grads = {}, {}
+    for design in ("fused", "chunked"):
+        model = tiny(config_kwargs=NO_DROPOUT, generator_head=design)
+        assert model.config.objective["generator_head"] == design
+        outputs[design] = model(ids, mask, seed=3)
+        outputs[design].loss.backward()
+        grads[design] = model.generator.electra.embeddings.word_embeddings.weight.grad
+    fused, chunked = outputs["fused"], outputs["chunked"]
+    assert torch.equal(fused.corrupted_ids, chunked.corrupted_ids)
+    torch.testing.assert_close(fused.mlm_loss, chunked.mlm_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grads["fused"], grads["chunked"], rtol=1e-4, atol=1e-6)
+
+
 def test_parameter_groups_skip_layernorm_and_bias():
     model = tiny()
     decay, no_decay = parameter_groups(model, weight_decay=0.01)
@@ -183,6 +200,7 @@ def test_presets_have_the_paper_sizes():
     [
         (dict(embedding_sharing="both"), "embedding_sharing"),
         (dict(gen_weight=-1.0), "gen_weight"),
+        (dict(generator_head="cublas"), "generator_head"),
         (dict(hidden_size=129), "divisible"),
     ],
 )
