@@ -318,19 +318,14 @@ def _run_generator_head_chunked(rows: int, vocab: int) -> dict:
 
 
 def generator_head_chunked_library_work(p: Problem) -> dict:
-    """{pass: (FLOPs, bytes)} of what the chunked design runs outside Triton, each operand read and each result
-    written once per call: per chunk the logits GEMM (+ bias), dh's GEMM, dW's GEMM into the fp32 accumulator
-    (read and written) and db's column sum; in the backward, the fp32 gradients scaled and cast once."""
-    from .fused.generator_head_strategy import default_chunk_rows
+    """{pass: (FLOPs, bytes)} of what the chunked design runs outside Triton (its GEMMs, bias add, fp32
+    accumulation and backward scaling): ``generator_head_strategy.chunked_library_work``, the model the default
+    strategy uses."""
+    from .fused.generator_head_strategy import chunked_library_work, default_chunk_rows
 
-    m, v, e, s = p.batch * p.masked, p.vocab, p.embedding, HALF.itemsize
-    chunks = -(-m // default_chunk_rows(m))
-    logits = m * e * s + chunks * v * e * s + m * v * 4 + m * v * 8  # h, W -> fp32 logits; += bias (read, write)
-    grad_hidden = m * v * s + chunks * v * e * s + m * e * 4
-    grad_weight = m * v * s + m * e * s + chunks * v * e * 8
-    grad_bias = m * v * s + chunks * v * 8
-    forward = (6 * m * v * e, logits + grad_hidden + grad_weight + grad_bias)
-    backward = (0, (m * e + v * e + v) * (4 + s))
+    rows = p.batch * p.masked
+    work = chunked_library_work(rows, p.vocab, p.embedding, HALF.itemsize, default_chunk_rows(rows))
+    forward, backward = work["forward"], work["backward"]
     return {"forward": forward, "backward": backward, "fwd+bwd": (forward[0], forward[1] + backward[1])}
 
 
