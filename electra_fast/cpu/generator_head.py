@@ -106,7 +106,10 @@ def _setup_context(ctx, inputs, output):
     _, samples, logits, lse = output
     ctx.save_for_backward(hidden, weight, logits, lse, targets, weights)
     ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.mark_non_differentiable(samples)
+    # Only the loss has a gradient: without this, autograd would make (and copy) a [M, V] tensor of zeros for
+    # the logits output in every backward.
+    ctx.mark_non_differentiable(samples, logits, lse)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_samples, _grad_logits_output, _grad_lse):
