@@ -1,13 +1,20 @@
-"""The generator head on the CPU: one logits GEMM, one fused pass for the loss statistics and the Gumbel-max
-sample, and the two gradient GEMMs: ``reference.generator_loss_and_sample``'s results at its minimum work.
+"""The generator head on the CPU: the chunked design (docs/design.md §5.5) in torch ops, with compiled loops
+between the GEMMs: ``reference.generator_loss_and_sample``'s results at its minimum work.
 
-Forward: ``logits = hidden @ weight.T + bias`` in fp32 ([M, V], kept for backward), then ``_lse_and_sample``
-reads it in chunks of rows: log-sum-exp, and ``argmax(logits / T + g)`` with the Gumbel noise ``g`` of every
-(row, vocab id) drawn inside that loop (stream GUMBEL at ``row * V + v``, as the reference draws it), so no
-index, draw or noise tensor of size [M, V] is made; the draws' temporaries are chunk-sized.
-Backward: ``dlogits = (softmax - onehot(target)) * w / sum(w)`` in fp32 in one pass (the second [M, V]
-buffer), then ``dh = dlogits @ weight``, ``dW = dlogits.T @ hidden``, ``db = dlogits.sum(0)``, cast to the
-inputs' dtypes.
+Rows go in chunks whose fp32 logits hold about ``LOGITS_CHUNK_ELEMENTS`` values (16 MiB; 137 rows at
+V = 30522), so no [M, V] tensor is made: a chunk fits the allocator's reusable heap instead of fresh pages
+every step, and is still in cache for the passes after its GEMM. Per chunk:
+
+1. ``logits = hidden @ weight.T + bias`` in fp32;
+2. ``_lse_and_sample`` over sub-chunks of rows: log-sum-exp and ``argmax(logits / T + g)``, the Gumbel noise ``g``
+   of every (row, vocab id) drawn inside the loop (stream GUMBEL at ``row * V + v``, as the reference draws it),
+   so the draws' temporaries stay sub-chunk-sized;
+3. with gradients on, ``dlogits = (softmax - onehot(target)) * w / sum(w)`` in one compiled pass, then
+   ``dh = dlogits @ weight`` for the chunk's rows, ``dW += dlogits.T @ hidden`` and ``db += dlogits.sum(0)`` into
+   fp32 accumulators.
+
+The forward thus returns the loss's gradients for a unit upstream gradient and the backward only scales them
+(``electra_fast.gradients_in_forward``), as the Triton path's chunked design does.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from typing import Optional
 
 import torch
 
+from .. import gradients_in_forward
 from ..contracts import generator_head_slots
 from ..rng import Stream
 from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
+
+LOGITS_CHUNK_ELEMENTS = 1 << 22  # fp32 logits per GEMM chunk: 16 MiB
 
 
 @compiled
@@ -43,8 +53,8 @@ def _grad_logits(logits, lse, targets, row_scale):
     return (torch.exp(logits - lse[:, None]) - onehot) * row_scale[:, None]
 
 
-def _row_chunks(rows: int, vocab: int):
-    step = max(1, CHUNK_ELEMENTS // vocab)
+def _row_chunks(rows: int, vocab: int, elements: int):
+    step = max(1, elements // vocab)
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
@@ -55,72 +65,54 @@ def _row_weights(weights: torch.Tensor) -> torch.Tensor:
     return weights / torch.where(total > 0, total, torch.ones_like(total))
 
 
-# Custom ops (as the Triton path's): opaque to an outer torch.compile, which runs them as they are.
-@torch.library.custom_op("electra_fast::cpu_generator_head_forward", mutates_args=())
-def generator_head_forward(
+# A custom op (as the Triton path's): opaque to an outer torch.compile, which runs it as it is.
+@torch.library.custom_op("electra_fast::cpu_generator_head", mutates_args=())
+def generator_head(
     hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
-    weights: torch.Tensor, temperature: float, disallow_correct: bool, seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fp32 loss, int64 samples [M], fp32 logits [M, V] kept for backward, fp32 LSE [M])."""
+    weights: torch.Tensor, temperature: float, disallow_correct: bool, seed: int, compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 loss, int64 samples [M], and with gradients the loss's fp32 dh [M, E], dW [V, E], db [V] for a unit
+    upstream gradient; without them, empty tensors)."""
+    (rows, width), vocab = hidden.shape, weight.shape[0]
     hidden32, weight32 = hidden.float(), weight.float()
-    logits = hidden32 @ weight32.t() if bias is None else torch.addmm(bias.float(), hidden32, weight32.t())
+    bias32 = None if bias is None else bias.float()
     key, temperature_tensor = key_tensor(seed), torch.tensor(temperature, dtype=torch.float32)
-    lse = torch.empty(len(logits))
-    samples = torch.empty(len(logits), dtype=torch.int64)
-    for start, end in _row_chunks(*logits.shape):
-        lse[start:end], samples[start:end] = _lse_and_sample(
-            logits[start:end], key, torch.tensor(start), temperature_tensor, targets[start:end], disallow_correct
-        )
     row_weights = _row_weights(weights)
-    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    lse, target_logit = torch.empty(rows), torch.empty(rows)
+    samples = torch.empty(rows, dtype=torch.int64)
+    grad_hidden = torch.empty((rows, width) if compute_grad else (0, width))
+    grad_weight = torch.zeros((vocab, width) if compute_grad else (0, width))
+    grad_bias = torch.zeros(vocab if compute_grad else 0)
+    for start, end in _row_chunks(rows, vocab, LOGITS_CHUNK_ELEMENTS):
+        chunk_hidden = hidden32[start:end]
+        logits = chunk_hidden @ weight32.t() if bias32 is None else torch.addmm(bias32, chunk_hidden, weight32.t())
+        for first, last in _row_chunks(end - start, vocab, CHUNK_ELEMENTS):
+            lse[start + first:start + last], samples[start + first:start + last] = _lse_and_sample(
+                logits[first:last], key, torch.tensor(start + first), temperature_tensor,
+                targets[start + first:start + last], disallow_correct,
+            )
+        target_logit[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1)
+        if compute_grad:
+            grad_logits = _grad_logits(logits, lse[start:end], targets[start:end], row_weights[start:end])
+            grad_hidden[start:end] = grad_logits @ weight32
+            grad_weight.addmm_(grad_logits.t(), chunk_hidden)
+            grad_bias += grad_logits.sum(0)
     # Padding rows contribute exactly 0, whatever their logits.
     loss = torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
-    return loss, samples, logits, lse
+    return loss, samples, grad_hidden, grad_weight, grad_bias
 
 
-@generator_head_forward.register_fake
-def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed):
-    rows, vocab = hidden.shape[0], weight.shape[0]
+@generator_head.register_fake
+def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed, compute_grad):
+    (rows, width), vocab = hidden.shape, weight.shape[0]
+    grad_rows, grad_vocab = (rows, vocab) if compute_grad else (0, 0)
     return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty((rows,), dtype=torch.int64),
-            hidden.new_empty((rows, vocab), dtype=torch.float32), hidden.new_empty((rows,), dtype=torch.float32))
+            hidden.new_empty((grad_rows, width), dtype=torch.float32),
+            hidden.new_empty((grad_vocab, width), dtype=torch.float32),
+            hidden.new_empty((grad_vocab,), dtype=torch.float32))
 
 
-@torch.library.custom_op("electra_fast::cpu_generator_head_backward", mutates_args=())
-def generator_head_backward(
-    grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
-    targets: torch.Tensor, weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dh, dW, db fp32) of the loss."""
-    grad_logits = _grad_logits(logits, lse, targets, grad_loss.float() * _row_weights(weights))
-    return grad_logits @ weight.float(), grad_logits.t() @ hidden.float(), grad_logits.sum(0)
-
-
-@generator_head_backward.register_fake
-def _(grad_loss, hidden, weight, logits, lse, targets, weights):
-    return (hidden.new_empty(hidden.shape, dtype=torch.float32), weight.new_empty(weight.shape, dtype=torch.float32),
-            weight.new_empty((weight.shape[0],), dtype=torch.float32))
-
-
-def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, weights, *_ = inputs
-    _, samples, logits, lse = output
-    ctx.save_for_backward(hidden, weight, logits, lse, targets, weights)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    # Only the loss has a gradient: without this, autograd would make (and copy) a [M, V] tensor of zeros for
-    # the logits output in every backward.
-    ctx.mark_non_differentiable(samples, logits, lse)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_loss, _grad_samples, _grad_logits_output, _grad_lse):
-    hidden, weight, logits, lse, targets, weights = ctx.saved_tensors
-    grad_hidden, grad_weight, grad_bias = generator_head_backward(grad_loss, hidden, weight, logits, lse, targets,
-                                                                  weights)
-    grad_bias = None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype)
-    return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), grad_bias, None, None, None, None, None
-
-
-generator_head_forward.register_autograd(_backward, setup_context=_setup_context)
+generator_head.register_autograd(gradients_in_forward.backward, setup_context=gradients_in_forward.setup_context)
 
 
 def generator_loss_and_sample(
@@ -136,7 +128,9 @@ def generator_loss_and_sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M])."""
     targets, weights = generator_head_slots(hidden, targets, weights)
-    loss, samples, _, _ = generator_head_forward(
-        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed)
+    # Gradients are formed in the forward only when a backward can follow (not in evaluation).
+    compute_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    loss, samples, *_ = generator_head(
+        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed), compute_grad
     )
     return loss, samples

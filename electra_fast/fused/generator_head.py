@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .. import gradients_in_forward
 from ..contracts import generator_head_slots
 from ..kernels import generator_head as fused_kernel
 from ..kernels import generator_head_chunked as chunk_kernel
@@ -177,27 +178,8 @@ def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, see
             hidden.new_empty((vocab,), dtype=torch.float32))
 
 
-def _chunked_setup_context(ctx, inputs, output):
-    hidden, weight, bias = inputs[:3]
-    _, samples, grad_hidden, grad_weight, grad_bias = output
-    ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-    ctx.rows = hidden.shape[0]
-    ctx.mark_non_differentiable(samples)
-
-
-def _chunked_backward(ctx, grad_loss, _grad_samples, *_unused):
-    grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-    if grad_hidden.shape[0] != ctx.rows:
-        raise RuntimeError("generator head: the forward ran without gradients (compute_grad=False)")
-    hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
-    scale = grad_loss.float()
-    return ((grad_hidden * scale).to(hidden_dtype), (grad_weight * scale).to(weight_dtype),
-            None if bias_dtype is None else (grad_bias * scale).to(bias_dtype),
-            None, None, None, None, None, None, None)
-
-
-generator_head_chunked.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+generator_head_chunked.register_autograd(gradients_in_forward.backward,
+                                         setup_context=gradients_in_forward.setup_context)
 
 
 # ------------------------------------------------------------------------------------------------- entry
