@@ -105,6 +105,17 @@ def test_generator_head_takes_low_precision_inputs_like_the_reference(dtype):
         torch.testing.assert_close(grad.float(), expected.float(), rtol=torch.finfo(dtype).eps, atol=1e-6)
 
 
+def test_generator_head_keeps_fp32_under_an_outer_autocast():
+    """Autocast reaches the torch ops inside a custom op: the head turns it off, so fp32 inputs give the same
+    bits with or without a bf16 autocast around the call."""
+    inputs = head_inputs(seed=5)
+    expected = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, samples, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, seed=2)
+    assert torch.equal(loss, expected[0]) and torch.equal(samples, expected[1])
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected[2]))
+
+
 def test_generator_head_without_real_slots_gives_zero_loss_and_zero_gradients():
     hidden, weight, bias, targets, _ = head_inputs()
     loss, _, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, hidden, weight, bias, targets,

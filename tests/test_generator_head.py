@@ -400,3 +400,15 @@ def test_auto_picks_by_the_modeled_work():
 def test_bad_strategy_arguments(device, change, error, match):
     with pytest.raises(error, match=match):
         ef.generator_loss_and_sample(*make_inputs(5, 11, 8, device=device), **change)
+
+
+def test_an_outer_autocast_does_not_lower_the_precision_inside(device, strategy):
+    """Autocast reaches torch ops called inside a custom op: the chunked design's GEMMs must stay fp32 (same
+    loss, samples and gradients as without autocast, bitwise) when the caller's inputs are fp32."""
+    inputs = make_inputs(37, 203, 64, device=device, seed=18, zero_rows=(5,))
+    expected = kernel_loss_and_grads(*inputs, seed=6, **strategy)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        loss, samples, grads = kernel_loss_and_grads(*inputs, seed=6, **strategy)
+    assert torch.equal(loss, expected[0]) and torch.equal(samples, expected[1])
+    for grad, other in zip(grads, expected[2]):
+        assert torch.equal(grad, other)

@@ -73,6 +73,13 @@ def generator_head(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fp32 loss, int64 samples [M], and with gradients the loss's fp32 dh [M, E], dW [V, E], db [V] for a unit
     upstream gradient; without them, empty tensors)."""
+    # An outer autocast would run the fp32 GEMMs below in 16 bits: the custom op does not stop it.
+    with torch.autocast("cpu", enabled=False):
+        return _generator_head(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed,
+                               compute_grad)
+
+
+def _generator_head(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed, compute_grad):
     (rows, width), vocab = hidden.shape, weight.shape[0]
     hidden32, weight32 = hidden.float(), weight.float()
     bias32 = None if bias is None else bias.float()

@@ -135,6 +135,14 @@ def generator_head_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fp32 loss, int64 samples [M], and with gradients the loss's fp32 dh [M, E], dW [V, E] and db [V] for a
     unit upstream gradient; without them, empty tensors)."""
+    # An outer autocast would run the GEMMs below in 16 bits with 16-bit results: the custom op does not stop it.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _chunked_loss_and_gradients(hidden, weight, bias, targets, weights, temperature, disallow_correct,
+                                           seed, compute_grad, chunk_rows)
+
+
+def _chunked_loss_and_gradients(hidden, weight, bias, targets, weights, temperature, disallow_correct, seed,
+                                compute_grad, chunk_rows):
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
