@@ -59,8 +59,9 @@ class Tiles:
 
 def tiles_for(dtype: torch.dtype, E: int) -> Tiles:
     """Tiles for inputs of ``dtype`` and width E. A program holds an fp32 accumulator of [rows, E] and a whole
-    [rows, E] operand in registers, so the rows per tile shrink as E grows; these are the largest that the AOT
-    compile (sm_80 and sm_90a) builds without spills at the presets' E (tests/test_aot_compile.py)."""
+    [rows, E] operand in registers, so the rows per tile shrink as E grows. The AOT compile (sm_80 and sm_90a)
+    builds these without spills at the presets' E (tests/test_aot_compile.py); the larger ones tried (64 x 64
+    forward tiles up to E = 256, 32 vocabulary ids at E = 768 and 1024) spilled."""
     width = sum(embedding_parts(E))
     if dtype == torch.float32 and not interpreted():
         # IEEE fp32 products run on CUDA cores; the operands are twice as wide.
