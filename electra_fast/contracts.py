@@ -93,6 +93,20 @@ def generator_head_slots(hidden: torch.Tensor, targets: torch.Tensor, weights: O
     return targets.to(torch.int64).contiguous(), weights.to(torch.float32).contiguous()
 
 
+def slot_row_weights(weights: torch.Tensor) -> torch.Tensor:
+    """w / sum(w) in fp32, all zeros when the weights sum to 0 (the loss is then 0): each slot's share of the
+    weighted-mean loss, and the scale of its logits' gradient."""
+    weights = weights.float()
+    total = weights.sum()
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def weighted_slot_loss(lse: torch.Tensor, target_logit: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+    """sum over slots of (lse - target logit) * w / sum(w); padding slots add exactly 0, even if their logits
+    were not finite."""
+    return torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
+
+
 # ----------------------------------------------------------------------------------------------- RTD head
 
 # The discriminator head's activation by its transformers name -> the function computed.

@@ -8,6 +8,21 @@ dtype, once (docs/design.md §5.1).
 
 from __future__ import annotations
 
+import torch
+
+
+def gradients_needed(*tensors) -> bool:
+    """Whether a backward can follow the call: grad mode is on and some input (None allowed) requires grad. The
+    generator heads form gradients in their forward only then (not in evaluation)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def check_formed(gradient_rows: int, rows: int) -> None:
+    """A backward of a forward that formed no gradients (its [0, ...] placeholders) is an error, not zeros."""
+    if gradient_rows != rows:
+        raise RuntimeError("generator head: the forward ran without gradients (under no_grad, or with inputs that "
+                           "did not require them)")
+
 
 def setup_context(ctx, inputs, output):
     hidden, weight, bias = inputs[:3]
@@ -20,9 +35,7 @@ def setup_context(ctx, inputs, output):
 
 def backward(ctx, grad_loss, *_unused):
     grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-    if grad_hidden.shape[0] != ctx.rows:
-        raise RuntimeError("generator head: the forward ran without gradients (under no_grad, or with inputs that "
-                           "did not require them)")
+    check_formed(grad_hidden.shape[0], ctx.rows)
     hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
     scale = grad_loss.float()
     return ((grad_hidden * scale).to(hidden_dtype), (grad_weight * scale).to(weight_dtype),

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from .. import gradients_in_forward
-from ..contracts import generator_head_slots
+from ..contracts import generator_head_slots, slot_row_weights, weighted_slot_loss
 from ..rng import Stream
 from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
@@ -58,13 +58,6 @@ def _row_chunks(rows: int, vocab: int, elements: int):
     return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def _row_weights(weights: torch.Tensor) -> torch.Tensor:
-    """w / sum(w) in fp32, all zeros when the weights sum to 0 (the loss is then 0)."""
-    weights = weights.float()
-    total = weights.sum()
-    return weights / torch.where(total > 0, total, torch.ones_like(total))
-
-
 # A custom op (as the Triton path's): opaque to an outer torch.compile, which runs it as it is.
 @torch.library.custom_op("electra_fast::cpu_generator_head", mutates_args=())
 def generator_head(
@@ -84,7 +77,7 @@ def _generator_head(hidden, weight, bias, targets, weights, temperature, disallo
     hidden32, weight32 = hidden.float(), weight.float()
     bias32 = None if bias is None else bias.float()
     key, temperature_tensor = key_tensor(seed), torch.tensor(temperature, dtype=torch.float32)
-    row_weights = _row_weights(weights)
+    row_weights = slot_row_weights(weights)
     lse, target_logit = torch.empty(rows), torch.empty(rows)
     samples = torch.empty(rows, dtype=torch.int64)
     grad_hidden = torch.empty((rows, width) if compute_grad else (0, width))
@@ -104,9 +97,7 @@ def _generator_head(hidden, weight, bias, targets, weights, temperature, disallo
             grad_hidden[start:end] = grad_logits @ weight32
             grad_weight.addmm_(grad_logits.t(), chunk_hidden)
             grad_bias += grad_logits.sum(0)
-    # Padding rows contribute exactly 0, whatever their logits.
-    loss = torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
-    return loss, samples, grad_hidden, grad_weight, grad_bias
+    return weighted_slot_loss(lse, target_logit, row_weights), samples, grad_hidden, grad_weight, grad_bias
 
 
 @generator_head.register_fake
@@ -135,9 +126,8 @@ def generator_loss_and_sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M])."""
     targets, weights = generator_head_slots(hidden, targets, weights)
-    # Gradients are formed in the forward only when a backward can follow (not in evaluation).
-    compute_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     loss, samples, *_ = generator_head(
-        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed), compute_grad
+        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed),
+        gradients_in_forward.gradients_needed(hidden, weight, bias),
     )
     return loss, samples

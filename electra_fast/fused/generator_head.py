@@ -20,23 +20,10 @@ from typing import Optional
 import torch
 
 from .. import gradients_in_forward
-from ..contracts import generator_head_slots
+from ..contracts import generator_head_slots, slot_row_weights, weighted_slot_loss
 from ..kernels import generator_head as fused_kernel
 from ..kernels import generator_head_chunked as chunk_kernel
 from . import generator_head_strategy as strategies
-
-
-def _row_weights(weights: torch.Tensor) -> torch.Tensor:
-    """w / sum(w) in fp32; all zeros when the weights sum to 0 (the loss is then 0)."""
-    weights = weights.float()
-    total = weights.sum()
-    return weights / torch.where(total > 0, total, torch.ones_like(total))
-
-
-def _weighted_loss(lse, target_logit, row_weights):
-    # Padding rows contribute exactly 0, even if their logits were not finite.
-    return torch.where(row_weights != 0, (lse - target_logit) * row_weights, torch.zeros_like(lse)).sum()
-
 
 # --------------------------------------------------------------------------------------- fused (Triton only)
 
@@ -53,7 +40,7 @@ def generator_head_forward(
     )
     if grad_rows is None:
         grad_rows = hidden.new_empty((0, hidden.shape[1]), dtype=torch.float32)
-    return _weighted_loss(lse, target_logit, _row_weights(weights)), samples, lse, grad_rows
+    return weighted_slot_loss(lse, target_logit, slot_row_weights(weights)), samples, lse, grad_rows
 
 
 @generator_head_forward.register_fake
@@ -70,7 +57,7 @@ def generator_head_backward(
     targets: torch.Tensor, weights: torch.Tensor, lse: torch.Tensor, grad_rows: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dh like hidden, dW like weight, db fp32); dlogits of row m are scaled by grad_loss * w_m / sum(w)."""
-    row_scale = (grad_loss.float() * _row_weights(weights)).contiguous()
+    row_scale = (grad_loss.float() * slot_row_weights(weights)).contiguous()
     grad_weight, grad_bias = fused_kernel.backward(hidden, weight, bias, targets, lse, row_scale)
     # dh = row_scale * g, exactly 0 for padding rows whatever their g; one [M, E] buffer.
     grad_hidden = (grad_rows * row_scale[:, None]).masked_fill_(row_scale[:, None] == 0, 0.0).to(hidden.dtype)
@@ -92,8 +79,7 @@ def _fused_setup_context(ctx, inputs, output):
 
 def _fused_backward(ctx, grad_loss, _grad_samples, _grad_lse, _grad_grad_rows):
     hidden, weight, bias, targets, weights, lse, grad_rows = ctx.saved_tensors
-    if grad_rows.shape[0] != hidden.shape[0]:
-        raise RuntimeError("generator head: the forward ran without gradients (compute_grad=False)")
+    gradients_in_forward.check_formed(grad_rows.shape[0], hidden.shape[0])
     grad_hidden, grad_weight, grad_bias = generator_head_backward(
         grad_loss, hidden, weight, bias, targets, weights, lse, grad_rows
     )
@@ -146,7 +132,7 @@ def _chunked_loss_and_gradients(hidden, weight, bias, targets, weights, temperat
     M, E = hidden.shape
     V = weight.shape[0]
     device = hidden.device
-    row_weights = _row_weights(weights)
+    row_weights = slot_row_weights(weights)
     lse = torch.empty(M, dtype=torch.float32, device=device)
     target_logit = torch.empty(M, dtype=torch.float32, device=device)
     samples = torch.empty(M, dtype=torch.int64, device=device)
@@ -173,7 +159,7 @@ def _chunked_loss_and_gradients(hidden, weight, bias, targets, weights, temperat
             grad_hidden[start:end] = _matmul_fp32(grad_logits, weight)
             _matmul_fp32(grad_logits.t(), chunk_hidden, out=grad_weight)
             grad_bias += grad_logits.sum(dim=0, dtype=torch.float32)
-    return _weighted_loss(lse, target_logit, row_weights), samples, grad_hidden, grad_weight, grad_bias
+    return weighted_slot_loss(lse, target_logit, row_weights), samples, grad_hidden, grad_weight, grad_bias
 
 
 @generator_head_chunked.register_fake
@@ -214,10 +200,8 @@ def generator_loss_and_sample(
     if strategy == "auto":
         strategy = strategies.choose(M, weight.shape[0], E, hidden.element_size(), chunk_rows)
     # Gradients are formed in the forward (both designs) only when a backward can follow.
-    compute_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias)
-    )
-    options = (float(temperature), bool(disallow_correct), int(seed), compute_grad)
+    options = (float(temperature), bool(disallow_correct), int(seed),
+               gradients_in_forward.gradients_needed(hidden, weight, bias))
     if strategy == "chunked":
         loss, samples, *_ = generator_head_chunked(hidden, weight, bias, targets, weights, *options, int(chunk_rows))
     else:
