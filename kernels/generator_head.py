@@ -81,6 +81,13 @@ def tiles_for(dtype: torch.dtype, E: int) -> Tiles:
 
 
 @triton.jit
+def gumbel_scores(logits, temperature, seed, index):
+    """``logits / T - log(-log(u))``: Gumbel-max scores, u drawn from stream GUMBEL at ``index`` = row * V + v of
+    the whole batch (docs/design.md §4), so every tiling draws the same number for an element."""
+    return logits / temperature - tl.log(-tl.log(draw_uniform(seed, GUMBEL_STREAM, index)))
+
+
+@triton.jit
 def _load_rows(ptr, offs_r, in_r, stride_r, stride_e, E, E_OFFSET: tl.constexpr, E_BLOCK: tl.constexpr,
                DOT_DTYPE: tl.constexpr):
     """rows[offs_r][:, E_OFFSET + [0, E_BLOCK)] as DOT_DTYPE (zeros past E or outside the rows), via fp32."""
@@ -154,8 +161,7 @@ def generator_head_forward_kernel(
         target_logit += tl.sum(tl.where(is_target, logits, 0.0), axis=1)
 
         # Gumbel-max: argmax of logits / T - log(-log(u)); ties go to the lowest id, as torch.argmax.
-        u = draw_uniform(seed, GUMBEL_STREAM, row_base[:, None] + offs_v[None, :])
-        scores = logits / temperature - tl.log(-tl.log(u))
+        scores = gumbel_scores(logits, temperature, seed, row_base[:, None] + offs_v[None, :])
         allowed = in_v[None, :] & (offs_v[None, :].to(tl.int64) != excluded[:, None])
         scores = tl.where(allowed, scores, float("-inf"))
         tile_best = tl.max(scores, axis=1)

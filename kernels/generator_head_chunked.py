@@ -17,10 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import draw_uniform
+from .generator_head import gumbel_scores
 from .registry import pointer_type, register
 
-GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
 BLOCK_V = 1024  # lanes per program: a row of 30522 logits is 30 sweeps of coalesced 4 KiB loads
 
 
@@ -54,9 +53,8 @@ def chunk_epilogue_kernel(
         lane_sum = lane_sum * tl.exp(lane_max - safe_max) + tl.exp(logits - safe_max)
         lane_max = new_max
         lane_target += tl.where(offs_v.to(tl.int64) == target, logits, 0.0)
-        u = draw_uniform(seed, GUMBEL_STREAM, draw_base + offs_v)
-        scores = tl.where(in_v & (offs_v.to(tl.int64) != excluded), logits / temperature - tl.log(-tl.log(u)),
-                          float("-inf"))
+        scores = tl.where(in_v & (offs_v.to(tl.int64) != excluded),
+                          gumbel_scores(logits, temperature, seed, draw_base + offs_v), float("-inf"))
         better = scores > lane_score  # strict: a lane keeps its lowest id on ties
         lane_index = tl.where(better, offs_v.to(tl.int64), lane_index)
         lane_score = tl.where(better, scores, lane_score)
