@@ -255,13 +255,6 @@ def run_generator_head(p: Problem, n: tuple) -> dict:
     return _run_generator_head(row_units, p.embedding, _scaled_vocab(p, vocab_units), generator_head_units(p)[0])
 
 
-def _head_inputs(rows: int, embedding: int, vocab: int):
-    g = _generator()
-    hidden = torch.randn(rows, embedding, generator=g).to(HALF)
-    weight = (torch.randn(vocab, embedding, generator=g) * 0.05).to(HALF)
-    return hidden, weight, torch.zeros(vocab, dtype=HALF), torch.randint(0, vocab, (rows,), generator=g)
-
-
 @functools.lru_cache(maxsize=None)
 def _run_generator_head(row_units: int, embedding: int, vocab: int, real_row_units: int) -> dict:
     """The fused design in training: the forward with gradients on, then the backward."""
@@ -269,7 +262,11 @@ def _run_generator_head(row_units: int, embedding: int, vocab: int, real_row_uni
     from .sanitizer import sanitize
 
     rows = row_units * GENERATOR_TILE
-    hidden, weight, bias, targets = _head_inputs(rows, embedding, vocab)
+    g = _generator()
+    hidden = torch.randn(rows, embedding, generator=g).to(HALF)
+    weight = (torch.randn(vocab, embedding, generator=g) * 0.05).to(HALF)
+    bias = torch.zeros(vocab, dtype=HALF)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
     with gpu_launch_geometry(generator_head_row_tiles=(row_units, real_row_units)):
         with sanitize(skip_dot_math=True) as forward:
             lse, _, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0,
