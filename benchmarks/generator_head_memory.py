@@ -33,22 +33,24 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton path on CPU tensors
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_generator_head import (  # noqa: E402  (the timed suite's implementations, measured here for memory)
+    electra_fast_chunked,
+    electra_fast_fused,
+    linear_cross_entropy_and_sample,
+    torch_eager,
+)
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-import electra_fast as ef  # noqa: E402
 from electra_fast.fused.generator_head_strategy import default_chunk_rows  # noqa: E402
-from electra_fast.presets import PRESETS  # noqa: E402
+from electra_fast.inspect import PAPER_BATCH, VOCAB, gpu_launch_geometry, problems  # noqa: E402
 
-VOCAB = 30522
-SEQ_LEN = 128
-PAPER_BATCH = {"small": 128, "base": 256, "large": 2048}
 EAGER_LIMIT_BYTES = 6 << 30  # the baselines' [M, V] logits beyond this do not fit this 24 GiB machine thrice
 
 
 def shape(name: str) -> tuple[int, int]:
-    preset = PRESETS[name]
-    slots = int((preset.mask_prob + 0.005) * SEQ_LEN)
-    return PAPER_BATCH[name] * slots, preset.embedding_size
+    """(M, E) of ELECTRA ``name`` at L = 128 with the paper's batch, as ``electra-fast inspect`` counts it."""
+    problem = next(p for p in problems("full") if p.name.startswith(f"{name}-L128-"))
+    return problem.batch * problem.masked, problem.embedding
 
 
 class _NoLaunch:
@@ -62,7 +64,6 @@ class _NoLaunch:
 def stubbed_triton_launches():
     """Kernel launches do nothing; launchers choose their tiles and vocabulary splits as on a GPU (the splits
     size the forward's partial results)."""
-    from electra_fast.inspect import gpu_launch_geometry
     from electra_fast.kernels import generator_head, generator_head_chunked
 
     names = [(generator_head, "generator_head_forward_kernel"), (generator_head, "generator_head_backward_kernel"),
@@ -76,30 +77,6 @@ def stubbed_triton_launches():
     finally:
         for module, name, value in saved:
             setattr(module, name, value)
-
-
-def gumbel_argmax(logits):
-    with torch.no_grad():
-        return (logits - torch.log(-torch.log(torch.rand_like(logits)))).argmax(dim=-1)
-
-
-def torch_eager(hidden, weight, bias, targets, weights):
-    logits = F.linear(hidden, weight, bias)
-    per_row = F.cross_entropy(logits, targets, reduction="none")
-    return (per_row * weights).sum() / weights.sum(), gumbel_argmax(logits.detach())
-
-
-def linear_cross_entropy_and_sample(hidden, weight, bias, targets, weights):
-    per_row = F.linear_cross_entropy(hidden, weight, targets, linear_bias=bias, reduction="none")
-    with torch.no_grad():
-        samples = gumbel_argmax(F.linear(hidden, weight, bias))
-    return (per_row * weights).sum() / weights.sum(), samples
-
-
-def electra_fast(strategy):
-    def run(hidden, weight, bias, targets, weights):
-        return ef.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=0, strategy=strategy)
-    return run
 
 
 def peak_bytes(fn, inputs) -> int:
@@ -131,7 +108,7 @@ def measure(name: str) -> list[dict]:
     weights = torch.ones(rows)
     inputs = (hidden, weight, bias, targets, weights)
     logits_bytes = rows * VOCAB * 4
-    impls = {"electra_fast fused": electra_fast("fused"), "electra_fast chunked": electra_fast("chunked"),
+    impls = {"electra_fast fused": electra_fast_fused, "electra_fast chunked": electra_fast_chunked,
              "torch_eager": torch_eager}
     if hasattr(F, "linear_cross_entropy"):
         impls["linear_cross_entropy+sample"] = linear_cross_entropy_and_sample
