@@ -290,7 +290,7 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     # Combine splits in a fixed order: LSE of LSEs, the one non-zero target logit, the best score (first split
-    # on ties), and the splits' normalised sums weighted by their share of the row's total.
+    # on ties).
     lse = torch.logsumexp(partial[0], dim=0)
     target_logit = partial[1].sum(dim=0)
     best_split = partial[2].argmax(dim=0, keepdim=True)
