@@ -2,15 +2,21 @@ import sys
 
 from setuptools import setup
 
+# Floors are versions a test has run on: .ci/run's second leg installs exactly these floors (.ci/floors.py) and
+# runs the kernel tests under them. torch is the exception: its 2.11 floor is the GPU machine's version
+# (benchmarks/gpu_check.sh runs the suite's CUDA tests there); the CI legs run the 2.13 CPU build, the only CPU
+# build these machines can install. Code newer than torch 2.11 needs an explicit fallback.
 install_requires = [
-    "torch>=2.4",
-    "transformers>=4.46",
-    "tokenizers>=0.20",
-    "tqdm>=4.60",
-    "matplotlib>=3.7",
+    "torch>=2.11",
+    "transformers>=5.17.0",
+    "tokenizers>=0.23.1",
+    "safetensors>=0.8.0",
+    "numpy>=1.26.4",
+    "tqdm>=4.66.3",
+    "matplotlib>=3.8.0",
 ]
 if sys.platform.startswith("linux"):
-    install_requires.append("triton>=3.1")
+    install_requires.append("triton>=3.6.0")
 HF_REQUIRES = ["accelerate>=1.1.0", "datasets>=2.16"]  # TrainingArguments needs accelerate>=1.1.0
 
 setup(

@@ -24,7 +24,9 @@ STREAM_RANDOM_TOKENS = tl.constexpr(3)
 # Special ids (mask token included) are kernel scalars, so no device buffer is needed per call.
 SPECIAL_SLOTS = 9
 MIN_BLOCK_L = 128
-MAX_SEQ_LEN = 4096
+# Rows up to 2048 tokens (ELECTRA uses 128-512). A 4096-token row in registers spilled on sm_80 under Triton 3.6
+# at any warp count tried (8, 16, 32); longer rows take the torch path (fused/masking.supports).
+MAX_SEQ_LEN = 2048
 
 
 @triton.jit
@@ -57,7 +59,7 @@ def _skip_special(index, n_vocab_specials, s0, s1, s2, s3, s4, s5, s6, s7, s8):
 @triton.jit(
     do_not_specialize=[
         "seed", "mask_token_id", "special_0", "special_1", "special_2", "special_3", "special_4", "special_5",
-        "special_6", "special_7", "special_8", "n_vocab_specials", "vocab_size",
+        "special_6", "special_7", "special_8", "n_vocab_specials", "vocab_size", "has_mask", "bernoulli", "use_random",
     ]
 )
 def mask_tokens_kernel(
@@ -78,11 +80,11 @@ def mask_tokens_kernel(
     in_tile = (rows[:, None] < batch) & (cols[None, :] < seq_len)
     # The element index of every draw (docs/design.md §4) is row_start + col, formed at each use rather than kept as
     # an int64 tile live through the search below: that cut a 4096-token row from 255 registers to about 200
-    # (Triton 3.9) and removed its spills on sm_90a with Triton 3.6 (sm_80 with 3.6 still spills 24 bytes).
+    # (Triton 3.9); with Triton 3.6 such a row still spilled on sm_80, hence MAX_SEQ_LEN = 2048.
     row_start = rows[:, None] * seq_len
 
     ids = tl.load(ids_ptr + row_start + cols[None, :], mask=in_tile, other=0)
-    if has_mask:
+    if has_mask != 0:
         valid = (tl.load(valid_ptr + row_start + cols[None, :], mask=in_tile, other=0) != 0) & in_tile
     else:
         valid = in_tile
@@ -108,7 +110,7 @@ def mask_tokens_kernel(
     # are then the k smallest keys, as in the reference (same distribution: the count is symmetric in the keys).
     selected = candidate & (uint32_to_uniform(keys) < mask_prob)
     n_bernoulli = tl.minimum(tl.sum(selected.to(tl.int32), axis=1), max_predictions)
-    k = tl.minimum(tl.where(bernoulli, n_bernoulli, n_exact), n_candidates)
+    k = tl.minimum(tl.where(bernoulli != 0, n_bernoulli, n_exact), n_candidates)
 
     # threshold = the k-th smallest candidate key: the least t with #{key <= t} >= k, found bit by bit from the
     # top in unsigned arithmetic (threshold + step never passes 2**32 - 1). Invariant: #{key < threshold} < k.
@@ -145,7 +147,7 @@ def mask_tokens_kernel(
     # Action per chosen position from its own uniform: u < t_mask -> [MASK], u < t_random -> random id, else keep.
     action = draw_uniform(seed, STREAM_MASK_ACTIONS, row_start + cols[None, :])
     corrupted = tl.where(chosen & (action < t_mask), mask_token_id, ids).to(ids.dtype)
-    if use_random:
+    if use_random != 0:
         # Multiply-shift onto [0, n_allowed), then the index-th non-special id.
         n_allowed = vocab_size - n_vocab_specials
         draws = draw_uint32(seed, STREAM_RANDOM_TOKENS, row_start + cols[None, :]).to(tl.int64)
@@ -226,7 +228,8 @@ def forward(
         input_ids, valid, out_ids, positions, targets, weights, is_masked,
         seed, batch, seq_len, max_predictions, mask_token_id, *padded_specials,
         n_vocab_specials, vocab_size if vocab_size is not None else 0, mask_prob, t_mask, t_random,
-        has_mask, bernoulli, use_random,
+        # Flags go in as int32: Triton 3.6's interpreter cannot take a Python bool for an i1 argument.
+        int(has_mask), int(bernoulli), int(use_random),
         BLOCK_ROWS=block_rows, BLOCK_L=block_l, num_warps=num_warps_for(block_l),
     )
     return out_ids, positions, targets, weights, is_masked
@@ -239,7 +242,7 @@ def _register_launch_configs():
         "seed": "i64", "batch": "i32", "seq_len": "i32", "max_predictions": "i32", "mask_token_id": "i32",
         **{f"special_{i}": "i32" for i in range(SPECIAL_SLOTS)},
         "n_vocab_specials": "i32", "vocab_size": "i32", "mask_prob": "fp32", "t_mask": "fp32", "t_random": "fp32",
-        "has_mask": "i1", "bernoulli": "i1", "use_random": "i1",
+        "has_mask": "i32", "bernoulli": "i32", "use_random": "i32",
     }
 
     def signature(ids_dtype: torch.dtype, mask_dtype: torch.dtype) -> dict:

@@ -1,5 +1,10 @@
 """The conventions every kernel module follows, and the launch configurations the AOT compile test builds.
 
+``kernels/`` holds only ``@triton.jit`` kernels and thin launchers that take and return tensors: no nn.Module,
+no autograd, no transformers import. It is installed as ``electra_fast.kernels`` and has no ``__init__.py``
+(docs/design.md §2): a regular package named ``kernels`` in the repository root would shadow Hugging Face's
+``kernels`` (which transformers imports) for anyone whose current directory is the root.
+
 * ``interpreted()`` says whether kernels run in the Triton interpreter (on CPU tensors) rather than compiled for
   a GPU. Launchers pick their tiles from it: the interpreter has no registers to spill and costs per program,
   not per element, so it runs larger tiles (fewer programs to simulate).

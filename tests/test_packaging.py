@@ -30,3 +30,25 @@ def test_wheel_contains_kernels_under_electra_fast_and_imports_elsewhere(tmp_pat
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert all(line.startswith(str(site)) for line in out.stdout.split())
+
+
+def test_repository_root_does_not_shadow_hugging_face_kernels():
+    """`python`, notebooks and `python -m pytest` put the current directory first on sys.path. transformers
+    (5.25 on) imports Hugging Face's `kernels` when it starts; the repository's kernels/ folder must not be
+    what it finds there (docs/design.md §2)."""
+    code = "\n".join([
+        "import importlib.util, sys",
+        "import transformers",
+        "from transformers import ElectraForSequenceClassification",
+        "if importlib.util.find_spec('transformers.integrations.hub_kernels') is not None:",
+        "    import transformers.integrations.hub_kernels",
+        "import electra_fast, electra_fast.kernels.registry",
+        "found = sys.modules.get('kernels')",
+        "print(getattr(found, '__file__', None))",
+        "print(electra_fast.kernels.registry.__file__)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    hub_kernels, registry = out.stdout.split()
+    assert not hub_kernels.startswith(str(ROOT / "kernels")), hub_kernels
+    assert Path(registry).resolve() == ROOT / "kernels" / "registry.py"
