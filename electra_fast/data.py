@@ -7,18 +7,17 @@
 * Documents. A corpus yields documents, each a list of non-empty lines. In text files a blank line ends a
   document (the official ELECTRA input format: one sentence or paragraph per line); a JSONL record or a
   dataset row is one document.
-* Packing follows the official ``build_pretraining_dataset.py``: lines of one document are accumulated until
-  they reach the target length, then split into one or two segments ``[CLS] A [SEP] B [SEP]`` (10 % of the
-  time a single segment), a document's end flushes the sequence, and 5 % of the time the next target length
-  is a random length in [5, max_length] so the model also sees short inputs. Unlike the official code, which
-  truncates what overflows the target (and loses it), the overflowing line is split and its rest starts the
-  next sequence: no token is lost.
-* Streaming. User corpora are read lazily, file by file; documents are shuffled locally through a seeded
-  shuffle buffer of packed sequences and file order is reshuffled every epoch. The embedded corpus (about
-  2 MB) is kept in memory and fully reshuffled every epoch.
-* Determinism and resuming. The order depends only on the seed; ``PretrainingBatches.state_dict()`` is the
-  position (epoch, sequences consumed), and loading it replays the epoch up to there, so a resumed run
-  sees the very batches an uninterrupted one would.
+* Packing follows the official ``build_pretraining_dataset.py``: lines are accumulated until they reach the
+  target length, then split into one or two segments ``[CLS] A [SEP] B [SEP]`` (10 % of the time a single
+  segment), and 5 % of the time the next target length is a random length in [5, max_length] so the model also
+  sees short inputs. Unlike the official code, which truncates what overflows the target (and loses it), the
+  overflowing line is split and its rest starts the next sequence: no token is lost. ``packing="documents"``
+  (the official behaviour) flushes the sequence at each document's end; ``"full"`` (the default) fills every
+  sequence across document boundaries, each segment still starting at a line.
+* Blocks. A corpus is read in blocks of documents (``document_blocks``, about ``BLOCK_BYTES`` of text each, in
+  the corpus's fixed order); ``map_blocks`` applies a function to each block in worker processes and returns the
+  results in block order, so whatever is built from them is the same for any number of workers. Preparation
+  (electra_fast/prepare_data.py) tokenizes and packs each block on its own; the tokenizer trainer counts words.
 """
 
 from __future__ import annotations
@@ -42,6 +41,8 @@ LineEncoder = Callable[[list], list]  # list of lines -> list of token-id lists 
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PACKINGS = ("full", "documents")
+BLOCK_BYTES = 1 << 20  # text per block of documents handed to a worker
 SINGLE_SEGMENT_PROB = 0.1  # official: "small chance to only have one segment as in classification tasks"
 SHORT_SEQUENCE_PROB = 0.05  # official: "small chance for random-length instead of max_length-length example"
 MIN_SHORT_LENGTH = 5
@@ -267,6 +268,53 @@ def corpus_text(corpus: Corpus) -> Iterator[str]:
         yield from document
 
 
+def document_blocks(corpus: Corpus, block_bytes: int = BLOCK_BYTES) -> Iterator[list]:
+    """The documents of ``corpus`` in its fixed (seed-0) order, grouped into lists of about ``block_bytes`` of
+    text."""
+    block: list = []
+    size = 0
+    for document in corpus.documents(epoch_rng(0, 0, "documents")):
+        block.append(document)
+        size += sum(len(line) + 1 for line in document)
+        if size >= block_bytes:
+            yield block
+            block, size = [], 0
+    if block:
+        yield block
+
+
+_worker_state: dict = {}
+
+
+def _call_in_worker(arguments: tuple):
+    index, block = arguments
+    return _worker_state["function"](index, block)
+
+
+def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iterator:
+    """``function(index, block)`` for each block, yielded in block order: in this process (``workers`` 0) or in
+    ``workers`` forked processes, which inherit ``function`` (it need not pickle; blocks and results do). At most
+    two blocks per worker are in flight, so a corpus of any size streams through in bounded memory."""
+    if workers <= 0:
+        for index, block in enumerate(blocks):
+            yield function(index, block)
+        return
+    import collections
+    import multiprocessing
+
+    # A tokenizer that ran its own thread pool before a fork warns in every child; the workers are the parallelism.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _worker_state["function"] = function
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        in_flight: collections.deque = collections.deque()
+        for index, block in enumerate(blocks):
+            in_flight.append(pool.apply_async(_call_in_worker, ((index, block),)))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
 # ----------------------------------------------------------------------------------------------- packing
 
 
@@ -279,13 +327,16 @@ class PackedSequence:
 class SequencePacker:
     """ELECTRA's example builder: turns the tokenized lines of documents into ``[CLS] A [SEP] B [SEP]``."""
 
-    def __init__(self, max_length: int, cls_id: int, sep_id: int, rng: random.Random):
+    def __init__(self, max_length: int, cls_id: int, sep_id: int, rng: random.Random, packing: str = "documents"):
+        if packing not in PACKINGS:
+            raise UserInputError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
         if max_length < MIN_SHORT_LENGTH:
             raise UserInputError(f"--max-length must be at least {MIN_SHORT_LENGTH}, got {max_length}")
         self.max_length = max_length
         self.cls_id = cls_id
         self.sep_id = sep_id
         self.rng = rng
+        self.across_documents = packing == "full"
         self.target_length = max_length
         self.lines: list = []
         self.length = 0
@@ -302,7 +353,12 @@ class SequencePacker:
                 yield self._build()
 
     def end_document(self) -> Iterator[PackedSequence]:
-        """Sequences never cross documents: flush what is accumulated."""
+        """With ``packing="documents"`` sequences never cross documents: flush what is accumulated."""
+        if not self.across_documents:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[PackedSequence]:
+        """The sequence accumulated so far, if any (at the end of the input)."""
         if self.lines:
             yield self._build()
 
@@ -360,92 +416,10 @@ def pack_documents(
         if len(chunk) == documents_per_call:
             yield from flush()
     yield from flush()
+    yield from packer.flush()
 
 
-def shuffled(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:
-    """Stream ``items`` in a random order drawn from ``rng``, holding at most ``buffer_size`` of them."""
-    buffer: list = []
-    for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(buffer_size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-# ---------------------------------------------------------------------------------------------- batching
-
-
-class PretrainingBatches:
-    """Endless, seeded stream of padded batches ``{input_ids, attention_mask, token_type_ids}`` [B, max_length].
-
-    ``state_dict()`` / ``load_state_dict()`` save and restore the position in the stream.
-    """
-
-    def __init__(
-        self,
-        corpus: Corpus,
-        encode_lines: LineEncoder,
-        *,
-        max_length: int,
-        batch_size: int,
-        cls_id: int,
-        sep_id: int,
-        pad_id: int,
-        seed: int = 0,
-        shuffle_buffer: int = 10_000,
-    ):
-        if batch_size < 1:
-            raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
-        self.corpus = corpus
-        self.encode_lines = encode_lines
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
-        self.seed = seed
-        self.shuffle_buffer = max(1, shuffle_buffer)
-        SequencePacker(max_length, cls_id, sep_id, random.Random())  # validates max_length now
-        self.epoch = 0
-        self.consumed = 0  # sequences of the current epoch already handed out
-        self._stream: Optional[Iterator[PackedSequence]] = None
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "sequences_consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = state["seed"]
-        self.epoch = state["epoch"]
-        self.consumed = state["sequences_consumed"]
-        self._stream = None  # rebuilt lazily, replaying the epoch up to `consumed`
-
-    def _epoch_stream(self) -> Iterator[PackedSequence]:
-        packer = SequencePacker(self.max_length, self.cls_id, self.sep_id, epoch_rng(self.seed, self.epoch, "packing"))
-        documents = self.corpus.documents(epoch_rng(self.seed, self.epoch, "documents"))
-        sequences = pack_documents(documents, self.encode_lines, packer)
-        return shuffled(sequences, self.shuffle_buffer, epoch_rng(self.seed, self.epoch, "shuffle"))
-
-    def _next_sequence(self) -> PackedSequence:
-        if self._stream is None:
-            self._stream = self._epoch_stream()
-            for _ in range(self.consumed):
-                next(self._stream)
-        for sequence in self._stream:
-            self.consumed += 1
-            return sequence
-        if self.consumed == 0:
-            raise UserInputError(f"{self.corpus.description} contains no text to train on")
-        self.epoch, self.consumed, self._stream = self.epoch + 1, 0, None
-        return self._next_sequence()
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        sequences = [self._next_sequence() for _ in range(self.batch_size)]
-        return collate(sequences, self.max_length, self.pad_id)
+# ---------------------------------------------------------------------------------------------- batching (HF)
 
 
 def collate(sequences: Sequence[PackedSequence], max_length: int, pad_id: int) -> dict:

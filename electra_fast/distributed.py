@@ -106,6 +106,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def any_rank_on_device(flag: torch.Tensor) -> torch.Tensor:
+    """A bool tensor, true on every process if ``flag`` is true on any: reduced on the device, never read on the
+    host (the step does not wait for it)."""
+    if not is_distributed():
+        return flag
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.bool()
+
+
 def gather_objects(value) -> list:
     """``[value of rank 0, value of rank 1, ...]`` on every process (``[value]`` in a single process)."""
     if not is_distributed():
@@ -119,13 +129,3 @@ def seed_this_rank(seed: int) -> None:
     """Give each process its own torch RNG stream (hidden dropout) from ``seed``; nothing in a single process."""
     if is_distributed():
         torch.manual_seed(seed * world_size() + rank())
-
-
-def next_batch_of_this_rank(batches):
-    """Rank r takes the r-th of every ``world_size`` consecutive batches of the shared seeded stream, so the
-    processes train on disjoint data and all stay at the same stream position (one checkpoint resumes all)."""
-    for index in range(world_size()):
-        batch = next(batches)
-        if index == rank():
-            kept = batch
-    return kept

@@ -16,20 +16,20 @@ fixed seeds: the same held-out batches, masks and probes at every evaluation, so
 across steps, and the training run's random state is not touched (a resumed run stays exact).
 
 Which documents are held out depends only on their text (a hash of it against ``--eval-fraction``), so the
-split is the same in every epoch, for every seed and for a streamed corpus read in any order.
+split is the same for every seed and every order of reading; preparation (electra_fast/prepare_data.py) writes
+them to the ``heldout`` split, and the evaluation reads its first ``--eval-sequences`` rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .contracts import special_id_set
-from .data import Corpus, Document, SequencePacker, collate, epoch_rng, pack_documents
+from .data import Document
 
 EVAL_FIELDS = ("eval_rtd_auc", "eval_rtd_balanced_accuracy", "eval_random_auc", "eval_random_balanced_accuracy",
                "eval_mlm_loss", "eval_mlm_accuracy")
@@ -39,38 +39,6 @@ def is_held_out(document: Document, fraction: float) -> bool:
     """Whether a document belongs to the held-out split: a 64-bit hash of its text below ``fraction``."""
     digest = hashlib.blake2b("\n".join(document).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") < fraction * 2**64
-
-
-class SplitCorpus(Corpus):
-    """The held-out (``held_out=True``) or the training part of ``corpus``."""
-
-    def __init__(self, corpus: Corpus, fraction: float, held_out: bool):
-        self.corpus, self.fraction, self.held_out = corpus, fraction, held_out
-        part = f"held-out {fraction:.0%}" if held_out else f"training part ({1 - fraction:.0%})"
-        hint = "" if held_out else " (--eval-fraction 0 trains on all of it)"
-        self.description = f"the {part} of {corpus.description}{hint}"
-
-    def documents(self, rng: random.Random) -> Iterator[Document]:
-        for document in self.corpus.documents(rng):
-            if is_held_out(document, self.fraction) == self.held_out:
-                yield document
-
-    def fingerprint(self) -> str:
-        return self.corpus.fingerprint()
-
-
-def evaluation_batches(corpus: Corpus, encode_lines, *, fraction: float, sequences: int, max_length: int,
-                       batch_size: int, cls_id: int, sep_id: int, pad_id: int, seed: int) -> list:
-    """Up to ``sequences`` packed sequences of the held-out documents, in fixed batches of ``batch_size``."""
-    held_out = SplitCorpus(corpus, fraction, held_out=True)
-    packer = SequencePacker(max_length, cls_id, sep_id, epoch_rng(seed, 0, "eval-packing"))
-    packed = []
-    for sequence in pack_documents(held_out.documents(epoch_rng(seed, 0, "eval-documents")), encode_lines, packer):
-        packed.append(sequence)
-        if len(packed) == sequences:
-            break
-    starts = range(0, len(packed), batch_size)
-    return [collate(packed[start:start + batch_size], max_length, pad_id) for start in starts]
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> Optional[float]:

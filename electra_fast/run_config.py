@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .data import PACKINGS
 from .errors import UserInputError
 from .stopping import parse_duration
 
@@ -23,7 +24,8 @@ OBJECTIVE_FIELDS = (
 )
 # Settings a resumed run may change; every other setting must match the checkpoint.
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device",
-                     "max_time", "eval_every", "eval_sequences", "max_bad_steps"}
+                     "max_time", "eval_every", "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers",
+                     "compile"}
 
 
 @dataclass
@@ -37,7 +39,9 @@ class PretrainConfig:
     tokenizer: Optional[str] = None
     vocab_size: Optional[int] = None  # trained tokenizer only; default 4000 for "tiny", else 30522
     max_length: int = 128
-    shuffle_buffer: int = 10_000
+    packing: str = "full"  # "documents": the official one-document-per-sequence packing
+    prepare_workers: Optional[int] = None  # processes that tokenize and pack; default: the cores, at most 8
+    data_workers: Optional[int] = None  # DataLoader workers; default: 2 on a GPU, 0 (in the training process) on a CPU
     # model
     preset: str = "tiny"
     hidden_size: Optional[int] = None
@@ -64,6 +68,7 @@ class PretrainConfig:
     warmup_steps: Optional[int] = None  # default: 10 % of the steps, at most 10 000
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    compile: bool = False  # torch.compile the pre-trainer
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -132,6 +137,11 @@ def check_config(config: PretrainConfig) -> None:
         raise UserInputError(f"--lr must be > 0, got {config.lr}")
     if config.warmup_steps is not None and config.warmup_steps < 0:
         raise UserInputError(f"--warmup-steps must be >= 0, got {config.warmup_steps}")
+    if config.packing not in PACKINGS:
+        raise UserInputError(f"--packing must be one of {', '.join(PACKINGS)}, got {config.packing!r}")
+    for name in ("prepare_workers", "data_workers"):
+        if getattr(config, name) is not None and getattr(config, name) < 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.eval_fraction < 1:
         raise UserInputError(f"--eval-fraction must be in [0, 1) (0: no evaluation), got {config.eval_fraction}")
     if config.max_time is not None:

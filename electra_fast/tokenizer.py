@@ -8,6 +8,7 @@ the same corpus and vocabulary size reuses it, so the default command is self-co
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -51,16 +52,47 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def _bert_pipeline():
+    """BERT's uncased normaliser and pre-tokeniser (the ``tokenizers`` objects)."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    return normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+
+
 def train_wordpiece(lines: Iterable[str], vocab_size: int):
     """An uncased WordPiece tokenizer (BERT normalisation and pre-tokenisation) trained on ``lines``: the same
     lines always give the same vocabulary and ids (electra_fast/wordpiece.py)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from .wordpiece import count_words
+
+    return wordpiece_tokenizer(count_words(lines, *_bert_pipeline()), vocab_size)
+
+
+def corpus_word_counts(corpus, workers: int) -> Counter:
+    """How often each pre-tokenised word occurs in ``corpus``, counted per block of documents in ``workers``
+    processes and summed (a sum: the same counts for any number of workers)."""
+    from .data import document_blocks, map_blocks
+    from .wordpiece import count_words
+
+    normalizer, pre_tokenizer = _bert_pipeline()
+
+    def count_block(_: int, documents: list) -> Counter:
+        return count_words((line for document in documents for line in document), normalizer, pre_tokenizer)
+
+    counts: Counter = Counter()
+    for block_counts in map_blocks(count_block, document_blocks(corpus), workers):
+        counts.update(block_counts)
+    return counts
+
+
+def wordpiece_tokenizer(word_counts: dict, vocab_size: int):
+    """The WordPiece tokenizer learned from ``word_counts`` (``wordpiece.learn_vocabulary``)."""
+    from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    from .wordpiece import count_words, learn_vocabulary
+    from .wordpiece import learn_vocabulary
 
-    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    pieces = learn_vocabulary(count_words(lines, normalizer, pre_tokenizer), vocab_size, TRAINED_SPECIAL_TOKENS)
+    normalizer, pre_tokenizer = _bert_pipeline()
+    pieces = learn_vocabulary(word_counts, vocab_size, TRAINED_SPECIAL_TOKENS)
     backend = Tokenizer(models.WordPiece({piece: index for index, piece in enumerate(pieces)}, unk_token="[UNK]"))
     backend.normalizer = normalizer
     backend.pre_tokenizer = pre_tokenizer
@@ -78,18 +110,18 @@ def train_wordpiece(lines: Iterable[str], vocab_size: int):
     )
 
 
-def trained_tokenizer(lines: Iterable[str], vocab_size: int, cache_dir: Path, fingerprint: str, log=print):
+def trained_tokenizer(corpus, vocab_size: int, cache_dir: Path, workers: int = 0, log=print):
     """The WordPiece tokenizer cached in ``cache_dir`` for this corpus and size; trained and saved if absent."""
     if vocab_size < len(TRAINED_SPECIAL_TOKENS) + 1:
         raise UserInputError(f"--vocab-size must be more than {len(TRAINED_SPECIAL_TOKENS)}, got {vocab_size}")
     from transformers import PreTrainedTokenizerFast
 
-    wanted = {"corpus": fingerprint, "vocab_size": vocab_size, "trainer": TRAINER_VERSION}
+    wanted = {"corpus": corpus.fingerprint(), "vocab_size": vocab_size, "trainer": TRAINER_VERSION}
     stamp = cache_dir / FINGERPRINT_FILE
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return PreTrainedTokenizerFast.from_pretrained(str(cache_dir))
     log(f"training a WordPiece tokenizer (vocabulary {vocab_size}) on the corpus; cached in {cache_dir}")
-    tokenizer = train_wordpiece(lines, vocab_size)
+    tokenizer = wordpiece_tokenizer(corpus_word_counts(corpus, workers), vocab_size)
     tokenizer.save_pretrained(str(cache_dir))
     stamp.write_text(json.dumps(wanted))
     return tokenizer
@@ -109,12 +141,10 @@ def special_token_ids(tokenizer) -> tuple:
     return tuple(sorted(set(tokenizer.all_special_ids)))
 
 
-def prepare_tokenizer(path: Optional[str], corpus, vocab_size: int, cache_dir: Path, log=print):
+def prepare_tokenizer(path: Optional[str], corpus, vocab_size: int, cache_dir: Path, workers: int = 0, log=print):
     """``--tokenizer PATH`` if given, else the WordPiece tokenizer trained on ``corpus`` (cached)."""
     if path is not None:
         return load_tokenizer(path)
-    from .data import corpus_text
-
-    tokenizer = trained_tokenizer(corpus_text(corpus), vocab_size, cache_dir, corpus.fingerprint(), log=log)
+    tokenizer = trained_tokenizer(corpus, vocab_size, cache_dir, workers, log=log)
     check_special_tokens(tokenizer, str(cache_dir))
     return tokenizer

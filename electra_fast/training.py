@@ -45,10 +45,12 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .cpu.compiler import compile_enabled
-from .data import PretrainingBatches, open_corpus
+from .data import open_corpus
 from .errors import UserInputError
-from .evaluation import SplitCorpus, evaluate, evaluation_batches
+from .evaluation import evaluate
+from .loader import TrainingBatches, held_out_batches
 from .optim import build_optimizer_and_scheduler
+from .prepare_data import default_workers, prepared_cache, tokenizer_hash
 from .presets import get_preset
 from .pretrainer import ElectraPretrainer
 from .run_config import (
@@ -62,8 +64,9 @@ from .run_config import (
     step_seed,
 )
 from .run_report import plot_losses, summarize
+from .shards import PreparedData, is_prepared
 from .stopping import MAX_TIME_EXIT_CODE, InterruptFlag, parse_duration
-from .tokenizer import line_encoder, prepare_tokenizer, special_token_ids
+from .tokenizer import load_tokenizer, prepare_tokenizer, special_token_ids
 
 METRICS_FILE = "metrics.jsonl"
 LOGGED = ("loss", "mlm_loss", "rtd_loss", "generator_accuracy", "discriminator_accuracy", "replaced_fraction")
@@ -121,11 +124,26 @@ def remove_empty_directories(path: Path, top: Path) -> None:
             return
 
 
-def build_pretrainer(config: PretrainConfig, tokenizer) -> ElectraPretrainer:
-    sizes = {name: getattr(config, name) for name in SIZE_FIELDS if getattr(config, name) is not None}
-    objective = {name: getattr(config, name) for name in OBJECTIVE_FIELDS if getattr(config, name) is not None}
+def skip_update_on_device(optimizer: torch.optim.Optimizer, skipped: torch.Tensor) -> None:
+    """``optimizer.step()`` unless ``skipped`` (a bool tensor on the device), without reading it on the host.
+
+    The fused AdamW takes ``found_inf`` as the AMP grad scaler passes it: where it is 1 the kernel leaves the
+    parameters, the moments and the step count as they were. Other optimisers read the flag (one
+    synchronisation)."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused"):
+        optimizer.found_inf = skipped.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not bool(skipped):
+        optimizer.step()
+
+
+def check_model_size(config: PretrainConfig) -> None:
+    """The preset with its size overrides exists and takes --max-length (checked before any data work)."""
     try:
-        preset = get_preset(config.preset, **sizes)
+        preset = get_preset(config.preset, **model_sizes(config))
     except ValueError as error:
         raise UserInputError(str(error)) from None
     if config.max_length > preset.max_position_embeddings:
@@ -133,6 +151,16 @@ def build_pretrainer(config: PretrainConfig, tokenizer) -> ElectraPretrainer:
             f"--max-length {config.max_length} is above the {preset.max_position_embeddings} position "
             f"embeddings of preset {config.preset!r}"
         )
+
+
+def model_sizes(config: PretrainConfig) -> dict:
+    return {name: getattr(config, name) for name in SIZE_FIELDS if getattr(config, name) is not None}
+
+
+def build_pretrainer(config: PretrainConfig, tokenizer) -> ElectraPretrainer:
+    check_model_size(config)
+    sizes = model_sizes(config)
+    objective = {name: getattr(config, name) for name in OBJECTIVE_FIELDS if getattr(config, name) is not None}
     try:
         return ElectraPretrainer.from_preset(
             config.preset,
@@ -168,6 +196,19 @@ def pretrain(
         raise
     finally:
         distributed.teardown()
+
+
+def check_prepared(config: PretrainConfig, prepared: PreparedData, tokenizer) -> None:
+    """A prepared ``--data`` directory fixes the max length, packing and held-out split: the flags must agree."""
+    manifest = prepared.manifest
+    differences = [f"--{flag} {value!r} (prepared: {manifest[key]!r})" for flag, key, value in [
+        ("max-length", "max_length", config.max_length), ("packing", "packing", config.packing),
+        ("eval-fraction", "eval_fraction", config.eval_fraction)] if value != manifest[key]]
+    if tokenizer_hash(tokenizer) != manifest["fingerprint"]["tokenizer_sha256"]:
+        differences.append(f"--tokenizer {config.tokenizer} (not the tokenizer the data was prepared with)")
+    if differences:
+        raise UserInputError(f"--data {config.data} was prepared with other settings: " + "; ".join(differences)
+                             + "; pass the prepared settings or prepare the data again")
 
 
 class Run:
@@ -208,24 +249,26 @@ class Run:
         self.step = 0
         if state is not None:
             self._resume(resume_path, state)
-        self.pending: list = []  # (step, metrics on the device, tokens, lr, skipped) not yet written
+        self.pending: list = []  # (step, metrics on the device, tokens, lr, skipped on the device) not yet written
+        self.bad_in_a_row = 0  # trailing skipped steps, as of the last flush
+        self.last_step_skipped = False
         self.last_flush = time.perf_counter()
         self.progress = None
 
     def _build(self, config: PretrainConfig) -> None:
-        """Tokenizer, model, optimiser, schedule, grad scaler, training batches and the held-out batches."""
-        corpus = open_corpus(config.data, config.text_field)
-        vocab_size = config.vocab_size or (4000 if config.preset == "tiny" else 30522)
+        """Tokenizer and prepared data, model, optimiser, schedule, grad scaler, training and held-out batches."""
+        check_model_size(config)
         if not self.main_process:
-            distributed.barrier()  # rank 0 first trains and caches the tokenizer; the others then load it
-        tokenizer = prepare_tokenizer(config.tokenizer, corpus, vocab_size, self.output_dir / "tokenizer",
-                                      log=self.log)
+            distributed.barrier()  # rank 0 first trains the tokenizer and prepares the data; the others then load them
+        prepared, tokenizer = self._prepared_data(config)
         if self.main_process:
             distributed.barrier()
         self.tokenizer = tokenizer
         torch.manual_seed(config.seed)
         self.model = build_pretrainer(config, tokenizer).to(self.device)
         self.training_model = distributed.wrap(self.model, self.device)  # DDP copies rank 0's weights to all
+        if config.compile:
+            self.training_model = torch.compile(self.training_model)
         distributed.seed_this_rank(config.seed)
         lr = config.lr if config.lr is not None else get_preset(config.preset).learning_rate
         warmup = config.warmup_steps if config.warmup_steps is not None else min(10_000, config.steps // 10)
@@ -233,22 +276,38 @@ class Run:
             self.model, lr=lr, warmup_steps=warmup, total_steps=config.steps, weight_decay=config.weight_decay
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        packing = dict(max_length=config.max_length, cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id,
-                       pad_id=tokenizer.pad_token_id, seed=config.seed)
+        data_workers = config.data_workers if config.data_workers is not None else (
+            2 if self.device.type == "cuda" else 0)
+        self.batches = TrainingBatches(prepared, batch_size=config.batch_size, seed=config.seed,
+                                       rank=distributed.rank(), world_size=distributed.world_size(),
+                                       workers=data_workers, pin_memory=self.device.type == "cuda")
         self.evaluating = config.eval_fraction > 0
-        training_corpus = SplitCorpus(corpus, config.eval_fraction, held_out=False) if self.evaluating else corpus
-        self.batches = PretrainingBatches(training_corpus, line_encoder(tokenizer), batch_size=config.batch_size,
-                                          shuffle_buffer=config.shuffle_buffer, **packing)
         self.held_out_batches = []
         if self.evaluating and self.main_process:
-            self.held_out_batches = evaluation_batches(
-                corpus, line_encoder(tokenizer), fraction=config.eval_fraction, sequences=config.eval_sequences,
-                batch_size=config.batch_size, **packing,
-            )
+            self.held_out_batches = held_out_batches(prepared, sequences=config.eval_sequences,
+                                                     batch_size=config.batch_size)
             if not self.held_out_batches:
                 self.log(f"--eval-fraction {config.eval_fraction} holds out no document of this small corpus: "
                          "no evaluation")
         self.eval_sequences = sum(len(batch["input_ids"]) for batch in self.held_out_batches)
+
+    def _prepared_data(self, config: PretrainConfig) -> tuple:
+        """(PreparedData, tokenizer): ``--data`` itself if it is a prepared directory, else the corpus prepared into
+        (or reused from) OUTPUT_DIR/data with the tokenizer given or trained on it."""
+        workers = config.prepare_workers if config.prepare_workers is not None else default_workers()
+        if config.data is not None and is_prepared(Path(config.data).expanduser()):
+            prepared = PreparedData(Path(config.data).expanduser())
+            tokenizer = load_tokenizer(config.tokenizer or str(prepared.directory / "tokenizer"))
+            check_prepared(config, prepared, tokenizer)
+            return prepared, tokenizer
+        corpus = open_corpus(config.data, config.text_field)
+        vocab_size = config.vocab_size or (4000 if config.preset == "tiny" else 30522)
+        tokenizer = prepare_tokenizer(config.tokenizer, corpus, vocab_size, self.output_dir / "tokenizer", workers,
+                                      log=self.log)
+        prepared = prepared_cache(corpus, tokenizer, self.output_dir / "data", max_length=config.max_length,
+                                  packing=config.packing, eval_fraction=config.eval_fraction, workers=workers,
+                                  log=self.log)
+        return prepared, tokenizer
 
     def _resume(self, path: Path, state: dict) -> None:
         if state.get("world_size", 1) != distributed.world_size():
@@ -311,18 +370,29 @@ class Run:
 
     def flush(self) -> None:
         """Write the pending steps' metrics: one device synchronisation for all of them (under torchrun the
-        metrics averaged over the processes and the tokens of all of them)."""
+        metrics averaged over the processes and the tokens of all of them). The steps' skipped flags are read here
+        too: a skipped step is reported, and ``bad_in_a_row`` counts the trailing run of them."""
+        from tqdm.auto import tqdm
+
         if not self.pending:
             return
         now = time.perf_counter()
         values = distributed.mean_across_ranks(torch.stack([row[1] for row in self.pending])).tolist()
+        skipped_flags = torch.stack([row[4] for row in self.pending]).tolist()
         tokens = torch.tensor([row[2] for row in self.pending], device=self.device)
         tokens = distributed.sum_across_ranks(tokens).tolist()
         tokens_per_second = sum(tokens) / max(now - self.last_flush, 1e-9)
-        rows = [(step, step_tokens, lr, skipped)
-                for (step, _, _, lr, skipped), step_tokens in zip(self.pending, tokens)]
+        rows = [(step, step_tokens, lr, bool(skipped))
+                for (step, _, _, lr, _), step_tokens, skipped in zip(self.pending, tokens, skipped_flags)]
         self.pending.clear()
         self.last_flush = now
+        for step, _, _, skipped in rows:
+            self.bad_in_a_row = self.bad_in_a_row + 1 if skipped else 0
+            if skipped and self.main_process:
+                tqdm.write(f"step {step}: the loss or gradient is not finite; the step was skipped "
+                           f"({self.bad_in_a_row} in a row, the run stops at {self.config.max_bad_steps})",
+                           file=sys.stderr)
+        self.last_step_skipped = rows[-1][3]
         if not self.main_process:
             return
         self.append_metrics([
@@ -339,15 +409,15 @@ class Run:
 
     # --------------------------------------------------------------------------------------------- training
 
-    def train_step(self) -> bool:
-        """One optimiser step over ``grad_accum`` micro-batches; False if it was skipped for a non-finite loss
-        (or gradient). Its metrics join ``pending``."""
+    def train_step(self) -> None:
+        """One optimiser step over ``grad_accum`` micro-batches; its metrics and whether it was skipped for a
+        non-finite loss (or gradient), both still on the device, join ``pending``."""
         config, device = self.config, self.device
         step_metrics = torch.zeros(len(LOGGED), device=device)
         tokens = 0
         for micro in range(config.grad_accum):
-            batch = distributed.next_batch_of_this_rank(self.batches)
-            tokens += int(batch["attention_mask"].sum())
+            batch = next(self.batches)  # this process's rows only; built ahead by the loader
+            tokens += int(batch["attention_mask"].sum())  # on the host: no device synchronisation
             input_ids, attention_mask, token_type_ids = (
                 batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")
             )
@@ -362,21 +432,23 @@ class Run:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        # A non-finite loss (or, without fp16's grad scaler, which skips those itself, a non-finite gradient)
-        # skips the update. Deciding it costs one device synchronisation per step.
+        # A non-finite loss (or, without fp16's grad scaler, which skips those itself, a non-finite gradient) on
+        # any process skips the update, decided on the device (skip_update_on_device).
         finite = torch.isfinite(step_metrics[0])
         if not self.scaler.is_enabled():
             finite = finite & torch.isfinite(grad_norm)
-        skipped = distributed.any_rank(not bool(finite), device)
-        if not skipped:
-            self.scaler.step(self.optimizer)
+        skipped = distributed.any_rank_on_device(~finite)
+        if self.scaler.is_enabled():
+            if not bool(skipped):  # fp16: the scaler's own step; this costs one synchronisation per step
+                self.scaler.step(self.optimizer)
+        else:
+            skip_update_on_device(self.optimizer, skipped)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.pending.append((self.step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None]]),
                              tokens, lr, skipped))
-        return not skipped
 
     def train(self, after_step) -> PretrainResult:
         from tqdm.auto import tqdm
@@ -393,7 +465,6 @@ class Run:
         max_seconds = parse_duration(config.max_time) if config.max_time is not None else None
         loop_start = time.monotonic()
         save_every = save_interval(config)
-        bad_in_a_row = 0
 
         def stop_requested(interrupt: InterruptFlag) -> bool:
             """A signal or --max-time on any process stops every process before the same step (a collective)."""
@@ -403,31 +474,30 @@ class Run:
             return distributed.any_rank(interrupt.requested, self.device)
 
         with InterruptFlag() as interrupt:
-            while self.step < config.steps and bad_in_a_row < config.max_bad_steps and not stop_requested(interrupt):
-                healthy = self.train_step()
+            while (self.step < config.steps and self.bad_in_a_row < config.max_bad_steps
+                   and not stop_requested(interrupt)):
+                self.train_step()
                 step = self.step
-                bad_in_a_row = 0 if healthy else bad_in_a_row + 1
                 self.progress.update(1)
-                if not healthy:
-                    tqdm.write(f"step {step}: the loss or gradient is not finite; the step was skipped "
-                               f"({bad_in_a_row} in a row, the run stops at {config.max_bad_steps})", file=sys.stderr)
-                if step % config.log_every == 0 or step == config.steps or not healthy:
+                if step % config.log_every == 0 or step == config.steps:
                     self.flush()
                 if self.evaluating and step % config.eval_every == 0 and step < config.steps:
                     self.flush()
                     self.evaluate()
-                if step % save_every == 0 and step < config.steps and healthy:
+                if step % save_every == 0 and step < config.steps:
                     self.flush()
-                    self.checkpoint()
+                    if not self.last_step_skipped:
+                        self.checkpoint()
                 if after_step is not None:
                     after_step(step)
         self.progress.close()
         self.flush()
-        if bad_in_a_row >= config.max_bad_steps:
+        self.batches.close()
+        if self.bad_in_a_row >= config.max_bad_steps:
             newest = newest_checkpoint(self.output_dir)
             kept = f"the last good checkpoint is {newest}" if newest else "no checkpoint was saved before"
-            self.log(f"stopped at step {self.step}: {bad_in_a_row} steps in a row had a non-finite loss or gradient; "
-                     f"{kept} (lower --lr, raise --warmup-steps or check the data, then --resume from it)")
+            self.log(f"stopped at step {self.step}: {self.bad_in_a_row} steps in a row had a non-finite loss or "
+                     f"gradient; {kept} (lower --lr, raise --warmup-steps or check the data, then --resume from it)")
             return PretrainResult(self.output_dir, self.step, True, "", DIVERGED_EXIT_CODE)
         if self.step < config.steps:  # stopped by a signal or --max-time (on some rank)
             self.log(f"interrupted at step {self.step}: saved {self.checkpoint()}; run the same command with "

@@ -1,13 +1,15 @@
-"""Pre-training data: corpus readers, ELECTRA packing, deterministic and resumable batches, tokenizers."""
+"""Pre-training data: corpus readers, ELECTRA packing (per document and across documents), tokenizers.
+
+Prepared shards and the training loader are tested in tests/test_prepared_data.py."""
 
 import json
 import random
 
 import pytest
-import torch
 
 from electra_fast import data
 from electra_fast.errors import UserInputError
+from electra_fast.prepare_data import prepare
 from electra_fast.tokenizer import check_special_tokens, load_tokenizer, train_wordpiece
 
 CLS, SEP, PAD = 1, 2, 0
@@ -71,49 +73,40 @@ def test_lines_are_split_to_fill_sequences_and_some_sequences_are_short():
     assert 0 < single < 0.5 * len(sequences)  # about 10 % single-segment sequences
 
 
-def test_shuffled_is_a_seeded_permutation():
-    items = list(range(100))
-    first = list(data.shuffled(items, 10, random.Random(1)))
-    assert sorted(first) == items and first != items
-    assert first == list(data.shuffled(items, 10, random.Random(1)))
-    assert first != list(data.shuffled(items, 10, random.Random(2)))
+def test_full_packing_fills_sequences_across_documents_and_loses_nothing():
+    documents = numbered_documents(40)
+    packer = data.SequencePacker(32, CLS, SEP, random.Random(0), packing="full")
+    sequences = list(data.pack_documents(documents, word_encoder, packer, documents_per_call=7))
+    bodies = [token for s in sequences for token in s.input_ids if token not in (CLS, SEP)]
+    assert bodies == [int(word) for document in documents for line in document for word in line.split()]
+    assert any(len({token // 1000 for token in s.input_ids if token not in (CLS, SEP)}) > 1 for s in sequences)
+    per_document = pack(documents, 32)
+    assert len(sequences) < len(per_document)  # the same tokens in fewer rows
+    # Only the 5 % short targets leave a row short (and the last one); per document, every document's end does.
+    short = sum(len(s.input_ids) < 31 for s in sequences[:-1])
+    assert short <= 0.1 * len(sequences) and sum(len(s.input_ids) < 31 for s in per_document[:-1]) > 3 * short
+    with pytest.raises(UserInputError, match="--packing must be one of full, documents"):
+        data.SequencePacker(32, CLS, SEP, random.Random(0), packing="tight")
+
+
+def test_blocks_keep_the_corpus_order_and_map_blocks_the_block_order(tmp_path):
+    corpus = data.open_corpus(str(write_text_corpus(tmp_path / "corpus.txt", n_documents=30)))
+    documents = list(corpus.documents(data.epoch_rng(0, 0, "documents")))
+    blocks = list(data.document_blocks(corpus, block_bytes=300))
+    assert len(blocks) > 3 and [d for block in blocks for d in block] == documents
+
+    def first_line(index, block):
+        return index, block[0][0]
+
+    expected = [(index, block[0][0]) for index, block in enumerate(blocks)]
+    for workers in (0, 2):
+        assert list(data.map_blocks(first_line, iter(blocks), workers)) == expected
 
 
 def write_text_corpus(path, n_documents=12):
     text = "\n\n".join("\n".join(lines) for lines in numbered_documents(n_documents))
     path.write_text(text + "\n")
     return path
-
-
-def batches_for(corpus, seed=0, batch_size=3, max_length=24, shuffle_buffer=5):
-    return data.PretrainingBatches(corpus, word_encoder, max_length=max_length, batch_size=batch_size,
-                                   cls_id=CLS, sep_id=SEP, pad_id=PAD, seed=seed, shuffle_buffer=shuffle_buffer)
-
-
-def test_batches_are_padded_deterministic_and_resume_across_epochs(tmp_path):
-    corpus = data.open_corpus(str(write_text_corpus(tmp_path / "corpus.txt", n_documents=4)))
-    stream = batches_for(corpus)
-    first = [next(stream) for _ in range(40)]  # several epochs of this small corpus
-    assert stream.epoch >= 2
-    batch = first[0]
-    assert batch["input_ids"].shape == (3, 24) and batch["input_ids"].dtype == torch.long
-    assert torch.equal(batch["attention_mask"].bool(), batch["input_ids"] != PAD)
-    again = batches_for(corpus)
-    assert all(torch.equal(a["input_ids"], next(again)["input_ids"]) for a in first)
-    other_seed = batches_for(corpus, seed=1)
-    assert not all(torch.equal(a["input_ids"], next(other_seed)["input_ids"]) for a in first)
-    # Epochs differ in order.
-    assert not torch.equal(first[0]["input_ids"], first[len(first) // 2]["input_ids"])
-
-    for stop in (5, 17):
-        original = batches_for(corpus)
-        for _ in range(stop):
-            next(original)
-        state = json.loads(json.dumps(original.state_dict()))  # what a checkpoint keeps
-        resumed = batches_for(corpus)
-        resumed.load_state_dict(state)
-        for expected in first[stop:stop + 10]:
-            assert torch.equal(next(resumed)["input_ids"], expected["input_ids"])
 
 
 def test_readers_text_jsonl_and_directories(tmp_path):
@@ -158,9 +151,11 @@ def test_bad_data_errors(tmp_path, content, suffix, field, message):
     path = tmp_path / f"corpus{suffix}"
     if content is not None:
         path.write_bytes(content)
+    tokenizer = train_wordpiece(["fine hello broken x"], vocab_size=60)
     with pytest.raises(UserInputError, match=message):
         corpus = data.open_corpus(str(path), text_field=field)
-        next(batches_for(corpus))
+        prepare(corpus, tokenizer, tmp_path / "prepared", max_length=16, packing="full", eval_fraction=0,
+                workers=0, progress=False, log=lambda message: None)
 
 
 def test_directory_without_text_files_and_saved_dataset_without_datasets(tmp_path):

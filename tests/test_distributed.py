@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from electra_fast.data import PretrainingBatches, open_corpus
-from electra_fast.evaluation import SplitCorpus
-from electra_fast.tokenizer import line_encoder, load_tokenizer
+from electra_fast.loader import TrainingBatches
+from electra_fast.shards import PreparedData
+from electra_fast.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--max-length", "32", "--batch-size", "4", "--shuffle-buffer", "64", "--vocab-size", "300",
+SMALL = ["--max-length", "32", "--batch-size", "4", "--vocab-size", "300",
          "--backend", "reference", "--device", "cpu", "--steps", "4", "--save-every", "2", "--grad-accum", "2",
          "--eval-fraction", "0.2", "--eval-sequences", "8"]
 EVAL_FRACTION = 0.2
@@ -91,19 +91,17 @@ def test_only_rank_0_writes_and_the_discriminator_loads(ddp_run):
 def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
     # Rank r takes batch (2k + m) * 2 + r of the shared seeded stream for micro-batch m of step k, and the
     # logged token count is the sum over micro-batches and ranks: recount it from the data stream itself.
-    tokenizer = load_tokenizer(str(ddp_run["dir"] / "tokenizer"))
-    batches = PretrainingBatches(
-        SplitCorpus(open_corpus(str(ddp_run["corpus"])), EVAL_FRACTION, held_out=False), line_encoder(tokenizer),
-        max_length=32, batch_size=4,
-        cls_id=tokenizer.cls_token_id, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, seed=0,
-        shuffle_buffer=64,
-    )
-    per_step = WORLD * ACCUM
-    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(per_step * 4)]
+    # Rank r reads rows [(g * 2 + r) * 4, +4) of global batch g's permuted rows: a single stream with batches of
+    # 2 * 4 rows holds both ranks' rows, so recount the logged tokens from it.
+    prepared = PreparedData(ddp_run["dir"] / "data")
+    batches = TrainingBatches(prepared, batch_size=WORLD * 4, seed=0)
+    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(ACCUM * 4)]
     ddp_tokens = [row["tokens"] for row in ddp_run["metrics"]]
-    assert ddp_tokens == [sum(stream_tokens[per_step * k: per_step * (k + 1)]) for k in range(4)]
-    # what both ranks on the same batches would log instead:
-    assert ddp_tokens != [WORLD * sum(stream_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
+    assert ddp_tokens == [sum(stream_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
+    # what both ranks on rank 0's batches would log instead:
+    rank_0 = TrainingBatches(prepared, batch_size=4, seed=0, rank=0, world_size=WORLD)
+    rank_0_tokens = [int(next(rank_0)["attention_mask"].sum()) for _ in range(ACCUM * 4)]
+    assert ddp_tokens != [WORLD * sum(rank_0_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
     checkpoint = ddp_run["checkpoint"]
     assert checkpoint["world_size"] == WORLD and len(checkpoint["rng"]) == WORLD
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])  # own dropout streams
