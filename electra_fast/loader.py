@@ -9,7 +9,9 @@
   its own ``batch_size`` rows of each, so the per-rank cost does not grow with the number of ranks.
 * Overlap. A ``torch.utils.data.DataLoader`` builds the batches, in ``workers`` processes ahead of the step
   (prefetching, pinned memory for a GPU) or, with 0 workers, in the training process. The order depends only
-  on the seed and the position, never on the worker count.
+  on the seed and the position, never on the worker count. Batches stay compact (int32 ids and two int32 per
+  row) until they reach the device, where ``shards.model_inputs`` expands them: a sixth of the int64 bytes
+  cross from the workers and over PCIe.
 * State. ``state_dict()`` is ``{"position", "seed", "rows"}``: the number of global batches handed out.
 """
 
@@ -66,7 +68,7 @@ def permute(positions: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class _RankBatches(torch.utils.data.Dataset):
-    """Item ``g``: this rank's part of global batch ``g``, as a dict of int64 tensors."""
+    """Item ``g``: this rank's part of global batch ``g``, compact (``PreparedData.packed``)."""
 
     def __init__(self, prepared: PreparedData, batch_size: int, seed: int, rank: int, world_size: int):
         self.prepared, self.batch_size, self.seed = prepared, batch_size, seed
@@ -83,7 +85,7 @@ class _RankBatches(torch.utils.data.Dataset):
         return rows
 
     def __getitem__(self, batch: int) -> dict:
-        return self.prepared.batch("train", self.rows_of(batch))
+        return self.prepared.packed("train", self.rows_of(batch))
 
 
 class _CountFrom(torch.utils.data.Sampler):
@@ -106,7 +108,8 @@ def _quiet_worker(_: int) -> None:
 
 
 class TrainingBatches:
-    """Endless stream of this process's training batches ``{input_ids, attention_mask, token_type_ids}``."""
+    """Endless stream of this process's training batches, compact: ``{"ids", "meta"}`` int32 tensors, which
+    ``shards.model_inputs`` turns into the model's inputs on the device."""
 
     def __init__(self, prepared: PreparedData, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  workers: int = 0, pin_memory: bool = False, prefetch_batches: int = 4):

@@ -41,7 +41,7 @@ class PretrainConfig:
     max_length: int = 128
     packing: str = "full"  # "documents": the official one-document-per-sequence packing
     prepare_workers: Optional[int] = None  # processes that tokenize and pack; default: the cores, at most 8
-    data_workers: Optional[int] = None  # DataLoader workers; default: 2 on a GPU, 0 (in the training process) on a CPU
+    data_workers: int = 0  # DataLoader workers; 0: batches are built in the training process (benchmarks/bench_data.py)
     # model
     preset: str = "tiny"
     hidden_size: Optional[int] = None

@@ -64,7 +64,7 @@ from .run_config import (
     step_seed,
 )
 from .run_report import plot_losses, summarize
-from .shards import PreparedData, is_prepared
+from .shards import PreparedData, is_prepared, model_inputs
 from .stopping import MAX_TIME_EXIT_CODE, InterruptFlag, parse_duration
 from .tokenizer import load_tokenizer, prepare_tokenizer, special_token_ids
 
@@ -276,11 +276,9 @@ class Run:
             self.model, lr=lr, warmup_steps=warmup, total_steps=config.steps, weight_decay=config.weight_decay
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        data_workers = config.data_workers if config.data_workers is not None else (
-            2 if self.device.type == "cuda" else 0)
         self.batches = TrainingBatches(prepared, batch_size=config.batch_size, seed=config.seed,
                                        rank=distributed.rank(), world_size=distributed.world_size(),
-                                       workers=data_workers, pin_memory=self.device.type == "cuda")
+                                       workers=config.data_workers, pin_memory=self.device.type == "cuda")
         self.evaluating = config.eval_fraction > 0
         self.held_out_batches = []
         if self.evaluating and self.main_process:
@@ -416,11 +414,11 @@ class Run:
         step_metrics = torch.zeros(len(LOGGED), device=device)
         tokens = 0
         for micro in range(config.grad_accum):
-            batch = next(self.batches)  # this process's rows only; built ahead by the loader
-            tokens += int(batch["attention_mask"].sum())  # on the host: no device synchronisation
+            batch = next(self.batches)  # this process's rows only, compact; built ahead by the loader
+            tokens += int(batch["meta"][:, 0].sum())  # on the host: no device synchronisation
+            inputs = model_inputs(batch, device)
             input_ids, attention_mask, token_type_ids = (
-                batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")
-            )
+                inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids"))
             seed = step_seed(config.seed, self.step, micro, config.grad_accum, distributed.rank(),
                              distributed.world_size())
             with distributed.gradient_sync(self.training_model, micro == config.grad_accum - 1):

@@ -95,12 +95,12 @@ def test_ranks_take_disjoint_batches_and_their_own_rng(ddp_run):
     # 2 * 4 rows holds both ranks' rows, so recount the logged tokens from it.
     prepared = PreparedData(ddp_run["dir"] / "data")
     batches = TrainingBatches(prepared, batch_size=WORLD * 4, seed=0)
-    stream_tokens = [int(next(batches)["attention_mask"].sum()) for _ in range(ACCUM * 4)]
+    stream_tokens = [int(next(batches)["meta"][:, 0].sum()) for _ in range(ACCUM * 4)]
     ddp_tokens = [row["tokens"] for row in ddp_run["metrics"]]
     assert ddp_tokens == [sum(stream_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
     # what both ranks on rank 0's batches would log instead:
     rank_0 = TrainingBatches(prepared, batch_size=4, seed=0, rank=0, world_size=WORLD)
-    rank_0_tokens = [int(next(rank_0)["attention_mask"].sum()) for _ in range(ACCUM * 4)]
+    rank_0_tokens = [int(next(rank_0)["meta"][:, 0].sum()) for _ in range(ACCUM * 4)]
     assert ddp_tokens != [WORLD * sum(rank_0_tokens[ACCUM * k: ACCUM * (k + 1)]) for k in range(4)]
     checkpoint = ddp_run["checkpoint"]
     assert checkpoint["world_size"] == WORLD and len(checkpoint["rng"]) == WORLD

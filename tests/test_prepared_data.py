@@ -13,7 +13,7 @@ from electra_fast import data
 from electra_fast.evaluation import is_held_out
 from electra_fast.loader import TrainingBatches, held_out_batches, permute
 from electra_fast.prepare_data import fast_line_encoder, prepare, prepared_cache
-from electra_fast.shards import PreparedData, ids_dtype
+from electra_fast.shards import PreparedData, ids_dtype, model_inputs
 from electra_fast.tokenizer import train_wordpiece
 
 WORDS = "the a of to discriminator generator token replaced original masked model learns tells".split()
@@ -126,7 +126,7 @@ def prepared(tmp_path, tokenizer):
 
 
 def row_ids(batches, count):
-    return [next(batches)["input_ids"] for _ in range(count)]
+    return [model_inputs(next(batches), torch.device("cpu"))["input_ids"] for _ in range(count)]
 
 
 def test_an_epoch_reads_every_row_once_in_a_seeded_order(prepared):
@@ -163,7 +163,7 @@ def test_batches_are_the_same_with_workers_and_resume_is_a_seek(prepared):
         resumed.close()
     deep = TrainingBatches(prepared, batch_size=5, seed=1)
     deep.load_state_dict({"position": 10**8, "seed": 1, "rows": prepared.rows("train")})
-    assert next(deep)["input_ids"].shape == (5, 24)  # 5 * 10**8 rows deep, found by arithmetic
+    assert next(deep)["ids"].shape == (5, 24)  # 5 * 10**8 rows deep, found by arithmetic
 
 
 def test_held_out_batches_and_a_checkpoint_of_other_data(prepared):
@@ -182,3 +182,55 @@ def test_a_prepared_directory_is_checked(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(UserInputError, match="prepare it again"):
         PreparedData(tmp_path)
+
+
+def test_prepare_data_then_pretrain_from_the_shards(tmp_path, capsys):
+    from electra_fast import cli
+
+    corpus = write_corpus(tmp_path / "corpus.txt", n_documents=120)
+    prepared = tmp_path / "prepared"
+    assert cli.main(["prepare-data", str(prepared), "--data", str(corpus), "--vocab-size", "90", "--max-length", "32",
+                     "--workers", "2", "--eval-fraction", "0.1"]) == 0
+    assert "real tokens fill" in capsys.readouterr().err
+    run = ["pretrain", "--data", str(prepared), "--max-length", "32", "--eval-fraction", "0.1", "--steps", "2",
+           "--batch-size", "4", "--backend", "reference", "--output-dir", str(tmp_path / "run")]
+    assert cli.main(run) == 0
+    err = capsys.readouterr().err
+    assert "preparing" not in err and "training a WordPiece" not in err  # the shards and their tokenizer, as they are
+    assert (tmp_path / "run" / "discriminator").is_dir() and not (tmp_path / "run" / "data").exists()
+    assert cli.main([*run[:-1], str(tmp_path / "other"), "--max-length", "64"]) == 2
+    assert "--max-length 64 (prepared: 32)" in capsys.readouterr().err
+
+
+def test_a_training_step_never_reads_the_device(tmp_path, monkeypatch, tokenizer):
+    """The step leaves its metrics and its skip decision on the device: no .item(), bool() or .tolist() of a tensor
+    from one step to the next (they are read when metrics are written). On a GPU each would wait for the step."""
+    from electra_fast.backend import use_backend
+    from electra_fast.run_config import PretrainConfig
+    from electra_fast.training import Run
+
+    write_corpus(tmp_path / "corpus.txt", n_documents=40)
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    config = PretrainConfig(output_dir=str(tmp_path / "run"), data=str(tmp_path / "corpus.txt"),
+                            tokenizer=str(tmp_path / "tokenizer"), max_length=24, batch_size=2, steps=3,
+                            eval_fraction=0, num_layers=1)
+    with use_backend("reference"):
+        run = Run(config, log=lambda message: None)
+        run.train_step()  # starts the loader (its own seed is drawn on the host once)
+        reads = []
+        for name in ("item", "tolist", "__bool__"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, _name=name, **kwargs):
+                reads.append(_name)
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        run.train_step()
+        run.train_step()
+        assert reads == [] and len(run.pending) == 3
+        monkeypatch.undo()
+        run.progress = type("Bar", (), {"set_postfix": lambda *args, **kwargs: None})()
+        run.flush()
+    assert run.bad_in_a_row == 0 and [json.loads(line)["step"] for line in
+                                      (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
