@@ -112,7 +112,8 @@ def summarize(*, preset: str, sequences_per_step: int, max_length: int, generato
     return (
         f"Pre-trained ELECTRA-{preset} (discriminator {discriminator_parameters / 1e6:.2f} M parameters, "
         f"generator {generator_parameters / 1e6:.2f} M, embeddings shared) for {len(rows)} steps of "
-        f"{sequences_per_step} sequences x {max_length} tokens ({tokens / 1e6:.2f} M real tokens) on {placement} "
+        f"{sequences_per_step} sequences x {max_length} tokens ({tokens / 1e6:.2f} M real tokens, "
+        f"{tokens / max(1, len(rows) * sequences_per_step * max_length):.1%} of the slots) on {placement} "
         f"in {precision} at about {throughput[len(throughput) // 2]:,.0f} tokens/s. "
         f"Loss (mean of the first and last tenth of the steps) went {change('loss')}: generator MLM "
         f"{change('mlm_loss')}, discriminator RTD {change('rtd_loss')}; generator accuracy "
