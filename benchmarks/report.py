@@ -100,6 +100,8 @@ def timing_lines(rows: list[dict], machine: dict | None) -> list[str]:
                 base = by_impl.get(r.get("baseline"))
                 ratio = f"{r['median_s'] / base:.2f} x {r['baseline']}" if base else "-"
                 impl = f"**{r['impl']}**" if r["median_s"] == fastest else r["impl"]
+                if r.get("sdpa_backend"):
+                    impl += f" ({r['sdpa_backend']})"
                 # On the CPU the step benchmark measures a fresh process's peak RSS instead of CUDA's peak.
                 peak = r.get("peak_rss_bytes", r.get("peak_memory_bytes"))
                 flops_per_s, bytes_per_s = _rate(r, "flops"), _rate(r, "bytes_moved")
