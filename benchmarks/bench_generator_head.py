@@ -1,32 +1,36 @@
 """Generator head fwd+bwd (LM head + weighted cross-entropy + Gumbel-max sample at the masked slots).
 
-Compared in the same run (time, peak memory, TFLOP/s counted as the 3 GEMMs 6 * M * V * E):
+Compared in the same run (time, peak memory, TFLOP/s counted as the 3 GEMMs 6 * M * V * E, GB/s as the least a
+head moves: hidden, W and the bias read, their gradients written, targets, weights and samples; no logits):
 - electra_fast: ``ef.generator_loss_and_sample`` as users call it (strategy "auto" on CUDA; the CPU path on CPU);
 - electra_fast_fused / electra_fast_chunked (GPU only): each design forced (docs/design.md §5), so that the
   default's choice can be checked against both;
 - torch_eager: F.linear + F.cross_entropy + Gumbel argmax on the materialised logits;
-- torch_compile: torch.compile of torch_eager (GPU only, base shape only: each shape costs a compilation,
-  and gpu_check.sh gives all suites 200 s);
+- torch_compile: torch.compile of torch_eager (GPU only, base shape only, not in the quick matrix: each shape
+  costs a compilation);
 - linear_cross_entropy+sample: F.linear_cross_entropy (when this torch has it) + a separate no-grad
   logits pass for the sample;
 - liger+sample: Liger-Kernel's fused linear cross-entropy (when installed) + the same sampling pass;
 - three_gemms: the three GEMMs alone (logits, dh, dW) in the input dtype, the target's lower bound.
 
-GPU shapes are ELECTRA's small / base / large heads (bf16, V = 30522, M = 19*128 / 79*256 / 130*256 slots);
-on the CPU the tiny preset's head at batch 16 (fp32, V = 30522, M = 19*16, E = 64).
+GPU shapes are ELECTRA's base / small / large heads (bf16, V = 30522, M = 79*256 / 19*128 / 130*256 slots; the
+quick matrix, common.QUICK, leaves out large); on the CPU the tiny preset's head at batch 16 (fp32, V = 30522,
+M = 19*16, E = 64).
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
-from common import DEVICE, ON_GPU, measure
+from common import DEVICE, ON_GPU, QUICK, measure
 
 import electra_fast as ef
 
 OP = "generator_head_fwd_bwd"
 VOCAB = 30522
 if ON_GPU:
-    SHAPES = {"small": (19 * 128, 128), "base": (79 * 256, 768), "large": (130 * 256, 1024)}  # name: (M, E)
+    SHAPES = {"base": (79 * 256, 768), "small": (19 * 128, 128)}  # name: (M, E)
+    if not QUICK:
+        SHAPES["large"] = (130 * 256, 1024)
     DTYPE = torch.bfloat16
     ROUNDS = 10  # the large shape's baselines take tens of ms per call
 else:  # the tiny preset's head in the README's CPU run: batch 16 x 19 slots, E = 64, the real vocabulary
@@ -104,10 +108,16 @@ IMPLS = {
     "electra_fast_fused": electra_fast_fused if ON_GPU else None,
     "electra_fast_chunked": electra_fast_chunked if ON_GPU else None,
     "torch_eager": torch_eager,
-    "torch_compile": (lambda: torch.compile(torch_eager)) if ON_GPU else None,
+    "torch_compile": (lambda: torch.compile(torch_eager)) if ON_GPU and not QUICK else None,
     "linear_cross_entropy+sample": linear_cross_entropy_and_sample if hasattr(F, "linear_cross_entropy") else None,
     "liger+sample": liger_and_sample if _has_liger() else None,
 }
+
+
+def least_bytes(M, E):
+    """Hidden, W and the bias read and their gradients written; int64 targets and samples, fp32 weights."""
+    element = torch.finfo(DTYPE).bits // 8
+    return element * 2 * (M * E + VOCAB * E + VOCAB) + M * (8 + 4 + 8)
 
 
 def fwd_bwd(impl, case):
@@ -122,8 +132,9 @@ def fwd_bwd(impl, case):
     return run
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+# Every implementation of one shape before the next shape: a time limit keeps whole comparisons.
 @pytest.mark.parametrize("impl_name", list(IMPLS))
+@pytest.mark.parametrize("shape", list(SHAPES))
 def test_generator_head(benchmark, impl_name, shape):
     impl = IMPLS[impl_name]
     if impl is None:
@@ -134,7 +145,7 @@ def test_generator_head(benchmark, impl_name, shape):
         impl = impl()
     M, E = SHAPES[shape]
     measure(benchmark, fwd_bwd(impl, make_case(M, E)), op=OP, impl=impl_name, shape=f"{shape} M={M} V={VOCAB} E={E}",
-            flops=6.0 * M * VOCAB * E, rounds=ROUNDS)
+            flops=6.0 * M * VOCAB * E, bytes_moved=least_bytes(M, E), rounds=ROUNDS)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -150,4 +161,4 @@ def test_three_gemms_alone(benchmark, shape):
         grad_logits.t() @ hidden
 
     measure(benchmark, run, op=OP, impl="three_gemms", shape=f"{shape} M={M} V={VOCAB} E={E}",
-            flops=6.0 * M * VOCAB * E, rounds=ROUNDS)
+            flops=6.0 * M * VOCAB * E, bytes_moved=least_bytes(M, E), rounds=ROUNDS)

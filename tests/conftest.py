@@ -30,6 +30,8 @@ def float_dtypes():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "gpu_check: benchmarks/gpu_check.sh's correctness stage: the kernels "
+                            "in fp16 and bf16 against fp64, random bits against the reference, a whole fused step")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on a 2-core CPU")
 
 

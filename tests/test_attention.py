@@ -91,28 +91,31 @@ def test_fp32_matches_reference_output_lse_and_gradients(device, batch, heads, q
     assert (kernel[2].transpose(1, 2)[padded_keys] == 0).all() and (kernel[3].transpose(1, 2)[padded_keys] == 0).all()
 
 
-def test_fp16_error_within_twice_pytorch_fp16_error(device):
-    """FlashAttention's rule (docs/design.md §5): error vs fp64 <= 2 x the error of PyTorch's own fp16 attention."""
+@pytest.mark.gpu_check
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)])
+def test_16_bit_error_within_twice_pytorch_error(device, dtype):
+    """FlashAttention's rule (docs/design.md §5): output and gradients' error vs fp64 <= 2 x the error of
+    PyTorch's own attention in the same dtype."""
     batch, heads, length, head_dim = 3, 2, 77, 64
-    q, k, v = projections(batch, heads, length, head_dim, torch.float16, device, seed=3)
+    q, k, v = projections(batch, heads, length, head_dim, dtype, device, seed=3)
     mask = right_padding([77, 50, 9], length, device)
     scale = head_dim**-0.5
     grad_out = torch.randn(batch, heads, length, head_dim, generator=torch.Generator().manual_seed(4)).to(device)
     truth = run_with_grads(lambda *t: oracle_fp64(*t, mask, scale), q.double(), k.double(), v.double(), grad_out)
-    additive = torch.zeros(batch, 1, 1, length, device=device, dtype=torch.float16).masked_fill(
-        ~mask[:, None, None, :], torch.finfo(torch.float16).min
+    additive = torch.zeros(batch, 1, 1, length, device=device, dtype=dtype).masked_fill(
+        ~mask[:, None, None, :], torch.finfo(dtype).min
     )
     module = torch.nn.Module().eval()
-    pytorch_fp16 = run_with_grads(
+    pytorch_same_dtype = run_with_grads(
         lambda *t: eager_attention_forward(module, *t, additive, scaling=scale)[0].transpose(1, 2), q, k, v, grad_out
     )
     kernel = run_with_grads(lambda *t: ef.attention(*t, mask), q, k, v, grad_out)
-    real_rows = mask[:, None, :, None]  # padded query rows are not compared (HF's fp16 mask is finite there)
-    for name, ours, theirs, exact in zip(("out", "dq", "dk", "dv"), kernel, pytorch_fp16, truth):
+    real_rows = mask[:, None, :, None]  # padded query rows are not compared (HF's 16-bit mask is finite there)
+    for name, ours, theirs, exact in zip(("out", "dq", "dk", "dv"), kernel, pytorch_same_dtype, truth):
         rows = real_rows if name in ("out", "dq") else torch.ones_like(real_rows)
         our_error = ((ours.double() - exact) * rows).abs().max().item()
         their_error = ((theirs.double() - exact) * rows).abs().max().item()
-        assert our_error <= 2 * their_error + 1e-4, f"{name}: {our_error:.3g} vs PyTorch fp16 {their_error:.3g}"
+        assert our_error <= 2 * their_error + 1e-4, f"{name}: {our_error:.3g} vs PyTorch {dtype} {their_error:.3g}"
 
 
 def test_matches_transformers_eager_attention_with_4d_additive_mask(device):
@@ -145,6 +148,7 @@ def test_fully_masked_rows_give_zero_output_minus_inf_lse_and_zero_gradients(dev
             assert torch.isfinite(grad).all() and (grad[1] == 0).all()
 
 
+@pytest.mark.gpu_check
 def test_dropout_keeps_exactly_the_philox_mask_of_the_reference(device):
     """With q = k = 0 every probability is 1/Lk, and with v = I the output reveals the keep mask itself."""
     batch, heads, length, p, seed = 3, 4, 16, 0.3, 1234
@@ -160,6 +164,7 @@ def test_dropout_keeps_exactly_the_philox_mask_of_the_reference(device):
     assert attention_kernels.ATTENTION_DROPOUT_STREAM == rng.Stream.ATTENTION_DROPOUT
 
 
+@pytest.mark.gpu_check
 def test_dropout_output_and_gradients_match_reference_and_repeat_bitwise(device):
     q, k, v = projections(2, 2, 45, 32, DTYPE, device, seed=8)
     mask = right_padding([45, 33], 45, device)
@@ -280,6 +285,7 @@ def test_electra_model_dropout_follows_the_seed_keyword(device):
     assert layer_seed(5, 0) != layer_seed(5, 1)
 
 
+@pytest.mark.gpu_check
 @pytest.mark.gpu
 def test_bf16_on_gpu_within_twice_pytorch_error(device):
     batch, heads, length, head_dim = 4, 4, 300, 64

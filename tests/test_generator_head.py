@@ -100,6 +100,7 @@ def test_odd_shapes_and_several_tiles(device, M, V, E, strategy):
     assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=3)[1])
 
 
+@pytest.mark.gpu_check
 def test_samples_identical_to_reference_on_many_rows(device, strategy):
     hidden, weight, bias, targets, weights = make_inputs(401, 203, 64, device=device, seed=2)
     with torch.no_grad():
@@ -185,6 +186,7 @@ def test_gradients_are_bitwise_deterministic(device, strategy):
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu_check
 def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes, strategy):
     """docs/design.md §5: max error against fp64 <= 2x the error of PyTorch in the same dtype, plus a small slack."""
     for dtype in [d for d in float_dtypes if d != torch.float32]:
@@ -202,6 +204,7 @@ def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes, strategy):
             assert max_error(value, truth) <= 2 * max_error(low_precision, truth) + slack, (dtype, name)
 
 
+@pytest.mark.gpu_check
 @pytest.mark.gpu
 def test_bf16_and_large_vocabulary_on_gpu(device, strategy):
     """Real sizes where the interpreter is too slow: V = 30522 (not a tile multiple), E = 768, bf16."""

@@ -62,6 +62,7 @@ def test_philox4x32_matches_tl_philox_all_counter_words(seed, device):
         assert torch.equal(_as_uint32(out[word]).cpu(), expected[word]), f"output word {word}"
 
 
+@pytest.mark.gpu_check
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("stream", [0, int(rng.Stream.GUMBEL)])
 def test_kernel_draws_match_rng_for_int64_indices(seed, stream, device):

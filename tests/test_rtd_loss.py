@@ -461,6 +461,7 @@ def test_torch_compile_fullgraph_forward_and_backward(device):
 
 # ---- GPU: realistic shapes ---------------------------------------------------------------------------------
 
+@pytest.mark.gpu_check
 @pytest.mark.gpu
 @pytest.mark.parametrize("width", [256, 768, 1024])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
