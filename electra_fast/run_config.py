@@ -22,10 +22,12 @@ OBJECTIVE_FIELDS = (
     "mask_prob", "max_predictions", "mask_token_prob", "random_token_prob", "mode", "temperature",
     "disallow_correct", "gen_weight", "disc_weight", "embedding_sharing",
 )
-# Settings a resumed run may change; every other setting must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device",
-                     "max_time", "eval_every", "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers",
-                     "compile"}
+# Settings a resumed run may change; every other setting is the checkpoint's, and passing another value is an error.
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "device", "max_time", "eval_every",
+                     "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers", "compile"}
+# What this invocation is asked to do and where, never taken from a checkpoint (a run folder may have moved).
+INVOCATION_SETTINGS = {"output_dir", "resume", "overwrite"}
+PATH_SETTINGS = ("data", "tokenizer")
 
 
 @dataclass

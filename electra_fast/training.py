@@ -34,13 +34,13 @@ import torch
 from . import distributed
 from .backend import requested_backend, triton_can_run, use_cpu_path
 from .checkpoints import (
-    check_same_run,
     checkpoint_files,
     keep_metrics_up_to,
     newest_checkpoint,
     read_metrics,
     restore_rng_states,
     resume_state,
+    resumed_config,
     rng_states,
     save_checkpoint,
 )
@@ -55,6 +55,7 @@ from .presets import get_preset
 from .pretrainer import ElectraPretrainer
 from .run_config import (
     OBJECTIVE_FIELDS,
+    PATH_SETTINGS,
     SIZE_FIELDS,
     PretrainConfig,
     check_config,
@@ -181,15 +182,18 @@ def pretrain(
     *,
     after_step: Optional[Callable[[int], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    given: Optional[set] = None,
 ) -> PretrainResult:
     """Run (or resume) one pre-training run; ``after_step(step)`` is called after every optimiser step.
+    A resumed run takes its checkpoint's settings; ``given`` names the settings the caller passed (the command
+    line's flags), which must agree with them unless they may change (None: all of them).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a DistributedDataParallel replica on its own
     share of the batches; rank 0 alone writes files and messages (see electra_fast/distributed.py)."""
     output_dir = Path(config.output_dir).expanduser()
     created = first_missing_directory(output_dir)
     try:
-        return Run(config, log).train(after_step)
+        return Run(config, log, given).train(after_step)
     except BaseException:
         if created is not None and distributed.is_main_process():
             remove_empty_directories(output_dir, created)  # a failed run leaves no empty folders behind
@@ -215,22 +219,26 @@ class Run:
     """One process's part of a run: ``__init__`` checks everything and builds the data, model and optimiser
     (resuming if asked), ``train`` runs the loop and finishes."""
 
-    def __init__(self, config: PretrainConfig, log: Callable[[str], None]):
+    def __init__(self, config: PretrainConfig, log: Callable[[str], None], given: Optional[set] = None):
         check_config(config)
+        if Path(config.output_dir).expanduser().is_file():
+            raise UserInputError(f"--output-dir {config.output_dir} is a file, not a directory")
+        # User errors first, before any work (training a tokenizer takes a while).
+        resume_path, state = (None, None) if config.resume is None else resume_state(
+            config.resume, Path(config.output_dir).expanduser(), log)
+        if state is not None:
+            config = resumed_config(config, state["config"], resume_path, given)
+        # Saved absolute, so that the run resumes from any working directory.
+        config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())
+                                                for key in PATH_SETTINGS if getattr(config, key) is not None})
         self.config = config
         self.output_dir = output_dir = Path(config.output_dir).expanduser()
         self.device = device = distributed.local_device(resolve_device(config.device))
-        # User errors first, before any work (training a tokenizer takes a while).
         if requested_backend() == "triton" and not triton_can_run(device):
             raise UserInputError(
                 f"--backend triton cannot run on {device}: the Triton kernels need a CUDA device (or "
                 "TRITON_INTERPRET=1 for the slow interpreter on the CPU); use --backend auto"
             )
-        if output_dir.exists() and not output_dir.is_dir():
-            raise UserInputError(f"--output-dir {output_dir} is a file, not a directory")
-        resume_path, state = (None, None) if config.resume is None else resume_state(config.resume, output_dir, log)
-        if state is not None:
-            check_same_run(config, state["config"], resume_path)
         distributed.setup(device)
         self.main_process = distributed.is_main_process()
         self.log = log if self.main_process else (lambda message: None)  # rank 0 reports for all

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,6 +339,51 @@ def test_a_damaged_checkpoint_is_named_and_resume_latest_falls_back(tmp_path, to
         path.write_bytes(b"")
     code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--output-dir", str(output_dir), "--resume")
     assert code == 2 and "--resume latest: no checkpoint in" in err and "can be loaded" in err, err
+
+
+def test_resume_alone_continues_a_moved_run_with_its_own_settings(tmp_path, default_run, capsys, monkeypatch):
+    """A copied run folder, named by a relative path, resumes with no other flag: its settings, its tokenizer
+    and its prepared data come from the folder; a checkpoint file names the folder it belongs to."""
+    shutil.copytree(default_run, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["pretrain", "--backend", "reference", "--resume", "--output-dir", "moved", "--steps", "5"])
+    err = capsys.readouterr().err
+    assert code == 0 and "at step 4" in err, err
+    assert "training a WordPiece" not in err and "preparing the corpus" not in err, err
+    code = cli.main(["pretrain", "--backend", "reference", "--resume", "moved/checkpoints/step-0000005.pt",
+                     "--steps", "6"])
+    err = capsys.readouterr().err
+    assert code == 0 and "step-0000005.pt at step 5" in err, err
+    assert [row["step"] for row in read_metrics(tmp_path / "moved")] == list(range(1, 7))
+    assert not (tmp_path / "runs").exists()  # not the default --output-dir: the checkpoint's folder
+    saved = torch.load(tmp_path / "moved" / "checkpoints" / "step-0000006.pt", weights_only=False)["config"]
+    original = torch.load(default_run / "checkpoints" / "step-0000004.pt", weights_only=False)["config"]
+    assert {key: saved[key] for key in ("batch_size", "max_length", "vocab_size", "eval_sequences")} == {
+        "batch_size": 4, "max_length": 32, "vocab_size": 500, "eval_sequences": 16}
+    changed = {"steps", "output_dir", "resume"}
+    assert {key: value for key, value in saved.items() if key not in changed} == {
+        key: value for key, value in original.items() if key not in changed}
+
+
+def test_resume_compares_paths_resolved_and_lists_what_differs(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("ELECTRA trains a discriminator.\nIt detects replaced tokens.\n\n" * 20)
+    shutil.copytree(tokenizer_dir, tmp_path / "tok")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "--data", "corpus.txt", "--tokenizer", "tok", "--eval-fraction", "0", "--steps", "2",
+                        "--output-dir", "relrun")
+    assert code == 0, err
+    code, err = run_cli(capsys, "--data", str(tmp_path / "corpus.txt"), "--tokenizer", str(tmp_path / "tok"),
+                        "--eval-fraction", "0", "--steps", "3", "--output-dir", str(tmp_path / "relrun"), "--resume")
+    assert code == 0 and "at step 2" in err, err
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative --data and --tokenizer of the first command
+    code, err = run_cli(capsys, "--output-dir", "../relrun", "--resume", "--steps", "4")
+    assert code == 0 and "at step 3" in err, err
+    code, err = run_cli(capsys, "--output-dir", "../relrun", "--resume", "--steps", "5", "--lr", "0.1",
+                        "--data", "corpus.txt", "--eval-every", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"differ from the checkpoint's: --data '.*/corpus.txt' -> 'corpus.txt'; --lr None -> 0.1 "
+                     r"\(a resumed run keeps its settings; only .*--eval-every.*--steps may change", err), err
 
 
 def test_help_shows_each_default_once(capsys):
