@@ -58,6 +58,19 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
+class ShortUsageParser(argparse.ArgumentParser):
+    """A sub-command whose usage would take several lines (pretrain's lists 50 flags) shows a short one with its
+    errors; --help still shows everything."""
+
+    def format_usage(self) -> str:
+        usage = super().format_usage()
+        if usage.count("\n") <= 2:
+            return usage
+        positionals = "".join(f" {action.metavar or action.dest}" for action in self._actions
+                              if not action.option_strings)
+        return f"usage: {self.prog} [options]{positionals} (--help lists them)\n"
+
+
 def add_pretrain_command(commands) -> None:
     from .presets import PRESETS
     from .pretrainer import EMBEDDING_SHARING
@@ -273,7 +286,7 @@ def given_settings(argv: list) -> set:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-fast", description="Fast ELECTRA pre-training with Triton kernels.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ShortUsageParser)
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
     add_pretrain_command(commands)
     add_prepare_data_command(commands)

@@ -51,7 +51,7 @@ from .evaluation import evaluate
 from .loader import TrainingBatches, held_out_batches
 from .optim import build_optimizer_and_scheduler
 from .prepare_data import default_workers, prepared_cache, tokenizer_hash
-from .presets import get_preset
+from .presets import generator_heads, get_preset
 from .pretrainer import ElectraPretrainer
 from .run_config import (
     OBJECTIVE_FIELDS,
@@ -147,6 +147,13 @@ def check_model_size(config: PretrainConfig) -> None:
         preset = get_preset(config.preset, **model_sizes(config))
     except ValueError as error:
         raise UserInputError(str(error)) from None
+    generator_hidden = preset.generator_hidden_size
+    for model, hidden, heads in [("discriminator", preset.hidden_size, preset.num_heads),
+                                 ("generator", generator_hidden, generator_heads(generator_hidden))]:
+        if hidden % heads:
+            flags = "--num-heads" if model == "discriminator" else "--generator-hidden-size (its heads: size // 64)"
+            raise UserInputError(f"the {model}'s hidden size {hidden} is not divisible by its {heads} attention heads; "
+                                 f"change {flags}")
     if config.max_length > preset.max_position_embeddings:
         raise UserInputError(
             f"--max-length {config.max_length} is above the {preset.max_position_embeddings} position "

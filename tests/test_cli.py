@@ -257,6 +257,56 @@ def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monk
         assert not (output_dir / "tokenizer").exists()
 
 
+def test_every_bad_value_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Bad objective values, sizes and data are one-line errors naming the flag or file, before the tokenizer is
+    trained or the corpus prepared."""
+    from electra_fast import tokenizer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained before the error")
+
+    monkeypatch.setattr(tokenizer, "wordpiece_tokenizer", no_training)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_text("text\x00with a NUL byte\n")
+    (tmp_path / "other-field.jsonl").write_text('{"content": "a document"}\n' * 3)
+    (tmp_path / "not-json.jsonl").write_text("plain text\n")
+    (tmp_path / "unreadable.txt").write_text("some text\n")
+    (tmp_path / "unreadable.txt").chmod(0)
+    (tmp_path / "empty-tokenizer").mkdir()
+    cases = [
+        (["--mask-prob", "2"], r"--mask-prob must be in \(0, 1\], got 2.0"),
+        (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+        (["--random-token-prob", "0.5"], r"--mask-token-prob \+ --random-token-prob must be at most 1 .* 0.85 \+ 0.5"),
+        (["--max-predictions", "0"], "--max-predictions must be at least 1, got 0"),
+        (["--disc-weight", "nan"], "--disc-weight must be >= 0, got nan"),
+        (["--num-heads", "3"], "hidden size 128 is not divisible by its 3 attention heads; change --num-heads"),
+        (["--max-length", "0"], "--max-length must be at least 5, got 0"),
+        (["--hidden-size", "0"], "--hidden-size must be at least 1, got 0"),
+        (["--data", str(tmp_path / "binary.txt")], "cannot decode .*binary.txt as UTF-8 \\(line 1"),
+        (["--data", str(tmp_path / "nul.txt")], "nul.txt line 1 holds NUL bytes: a binary file"),
+        (["--data", str(tmp_path / "other-field.jsonl")], "other-field.jsonl line 1 has no field 'text'"),
+        (["--data", str(tmp_path / "not-json.jsonl")], "not-json.jsonl line 1 is not valid JSON"),
+        (["--tokenizer", str(tmp_path / "empty-tokenizer")], "empty-tokenizer: the directory holds no tokenizer"),
+    ]
+    if not os.access(tmp_path / "unreadable.txt", os.R_OK):  # root reads it anyway
+        cases.append((["--data", str(tmp_path / "unreadable.txt")], "cannot read .*unreadable.txt: Permission denied"))
+    for arguments, message in cases:
+        code, err = run_cli(capsys, "--output-dir", str(tmp_path / "out"), *arguments)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (arguments, err)
+        assert err.startswith("electra-fast pretrain: error: ") and re.search(message, err), (message, err)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_choice_gets_a_short_usage(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["pretrain", "--preset", "nonsense"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.splitlines() == [
+        "usage: electra-fast pretrain [options] (--help lists them)",
+        "electra-fast pretrain: error: argument --preset: invalid choice: 'nonsense' (choose from 'base', 'large', "
+        "'small', 'tiny')"]
+
+
 def poison_losses(monkeypatch, bad_steps):
     """Make the pre-trainer's loss NaN in the training forwards of ``bad_steps`` (1-based; one micro-batch each)."""
     from electra_fast.pretrainer import ElectraPretrainer
