@@ -178,9 +178,11 @@ def add_pretrain_command(commands) -> None:
                      "with the run's own settings: only --steps, --max-time, the intervals and operational flags "
                      "(--device, --data-workers, ...) may be passed with other values")
     run.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
-    run.add_argument("--max-time", help="wall-clock limit of the training loop, e.g. 3h30m, 45m or 90s: then save a "
-                     "checkpoint and exit with code 124 (--resume continues); SIGTERM and SIGUSR1 also save, exiting "
-                     "with 128 + the signal's number")
+    run.add_argument("--max-time", help="wall-clock limit of the run, e.g. 3h30m, 45m or 90s, counted from its start "
+                     "(the tokenizer, data preparation and compiling included; the few seconds Python takes to "
+                     "start and import are not): then save a checkpoint and exit with code 124 (--resume continues); "
+                     "SIGTERM and SIGUSR1 also save, exiting with 128 + the signal's number (before the first step "
+                     "they stop at once, saying what was kept)")
 
 
 def add_packing_arguments(group, defaults, workers_flag: str = "--prepare-workers") -> None:

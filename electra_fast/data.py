@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import random
+import signal
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +315,14 @@ def _call_in_worker(arguments: tuple):
     return _worker_state["function"](index, block)
 
 
+def _leave_signals_to_the_parent() -> None:
+    """In a worker: Ctrl-C and SLURM's warning are the parent's to handle; SIGTERM (Pool.terminate) ends it."""
+    for name in ("SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iterator:
     """``function(index, block)`` for each block, yielded in block order: in this process (``workers`` 0) or in
     ``workers`` forked processes, which inherit ``function`` (it need not pickle; blocks and results do). At most
@@ -328,7 +337,7 @@ def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iter
     # A tokenizer that ran its own thread pool before a fork warns in every child; the workers are the parallelism.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _worker_state["function"] = function
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_the_parent) as pool:
         in_flight: collections.deque = collections.deque()
         for index, block in enumerate(blocks):
             in_flight.append(pool.apply_async(_call_in_worker, ((index, block),)))

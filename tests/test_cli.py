@@ -200,14 +200,57 @@ def test_max_time_saves_and_exits_124(tmp_path, tokenizer_dir, capsys):
 
     assert parse_duration("3h30m") == 12600 and parse_duration("45m") == 2700 and parse_duration("90s") == 90
     assert parse_duration("600") == 600 and parse_duration("1.5h") == 5400
-    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "100000", "--max-time", "3s",
+    # --max-time counts from the start of the run, so on a loaded machine the data preparation and the model may
+    # take all of it (then step 0 is saved: test_max_time_counts_the_setup).
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "100000", "--max-time", "6s",
                         "--log-every", "1", "--output-dir", str(tmp_path / "run"))
-    assert code == 124 and "--max-time 3s reached" in err and "interrupted at step" in err, err
+    assert code == 124 and "--max-time 6s reached" in err and "interrupted at step" in err, err
     steps = [row["step"] for row in read_metrics(tmp_path / "run")]
-    assert steps and (tmp_path / "run" / "checkpoints" / f"step-{steps[-1]:07d}.pt").is_file()
+    last = steps[-1] if steps else 0
+    assert steps == list(range(1, last + 1)) and (tmp_path / "run" / "checkpoints" / f"step-{last:07d}.pt").is_file()
     for bad in ("soon", "0", "3x", ""):
         code, err = run_cli(capsys, "--max-time", bad, "--output-dir", str(tmp_path / "bad"))
         assert code == 2 and "--max-time must be" in err, (bad, err)
+
+
+def test_max_time_counts_the_setup(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """A setup longer than --max-time leaves no time for a step: the run saves step 0 (to --resume) and exits 124."""
+    from electra_fast import training
+
+    prepare_tokenizer = training.prepare_tokenizer
+
+    def slow_tokenizer(*args, **kwargs):
+        time.sleep(1.5)
+        return prepare_tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(training, "prepare_tokenizer", slow_tokenizer)
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--max-time", "1s", "--eval-fraction", "0",
+                        "--output-dir", str(tmp_path / "run"))
+    assert code == 124 and "--max-time 1s reached" in err and "interrupted at step 0" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step
+    assert (tmp_path / "run" / "checkpoints" / "step-0000000.pt").is_file()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_setup_says_what_was_kept(tmp_path, stop_signal):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "electra_fast", "pretrain", "--vocab-size", "300", "--steps", "1",
+         "--output-dir", str(tmp_path / "run"), *SMALL],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        while not lines or "training a WordPiece tokenizer" not in lines[-1]:
+            lines.append(process.stderr.readline())
+            assert lines[-1], "".join(lines)
+        process.send_signal(getattr(signal, stop_signal))
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + getattr(signal, stop_signal), err
+    assert err.strip().splitlines()[-1] == f"{stop_signal}: stopped during tokenizer training; nothing to resume yet"
+    assert "Traceback" not in err, err
 
 
 def run_cli(capsys, *arguments):
