@@ -501,3 +501,17 @@ def test_save_every_defaults_to_saving_during_a_readme_sized_run():
     assert save_interval(PretrainConfig(steps=1_000_000)) == 1000
     assert save_interval(PretrainConfig(steps=3)) == 1
     assert save_interval(PretrainConfig(steps=300, save_every=7)) == 7
+
+
+def test_the_command_lets_waiting_openmp_threads_sleep():
+    """Spinning OpenMP threads take a shared CPU from the threads that have work (benchmarks/bench_shared_cpu.py):
+    importing electra_fast before torch (the command does) makes them sleep, unless OMP_WAIT_POLICY is set."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+
+    def policy(code, **extra):
+        return subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                              env={**env, **extra}, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert policy("import electra_fast") == "PASSIVE"
+    assert policy("import electra_fast", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy("import torch, electra_fast") == "None"  # too late to matter: nothing is changed
