@@ -72,6 +72,16 @@ def test_default_command_writes_everything(default_run, capsys):
     assert (default_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plot_labels_its_axes_and_the_chance_line(default_run):
+    from electra_fast.checkpoints import read_metrics as read_metric_rows
+    from electra_fast.run_report import loss_figure
+
+    figure = loss_figure(read_metric_rows(default_run / "metrics.jsonl"))
+    assert len(figure.axes) == 5 and all(axis.get_ylabel() for axis in figure.axes)
+    held_out = figure.axes[-1]
+    assert "AUC 0.5: chance" in [text.get_text() for text in held_out.get_legend().get_texts()]
+
+
 def test_checkpoints_load_in_transformers(default_run):
     from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining, ElectraForSequenceClassification
 
