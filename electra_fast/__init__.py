@@ -1,12 +1,24 @@
 """electra-fast: Triton kernels and a PyTorch pre-trainer that make ELECTRA pre-training fast."""
 
-from .backend import use_backend
-from .hf_trainer import DataCollatorForElectra, ElectraMetricsCallback
-from .ops import attention, attention_varlen, generator_loss_and_sample, mask_tokens, rtd_loss
-from .optim import build_optimizer_and_scheduler, parameter_groups
-from .outputs import MaskedTokens, RTDOutput
-from .patch import apply_fast_electra
-from .pretrainer import ElectraObjective, ElectraPretrainer, ElectraPretrainerConfig, ElectraPretrainingOutput
+import os
+import sys
+
+# On a CPU that other processes also use, OpenMP threads that spin while they wait for each other (the default)
+# take a shared core from the thread that has work: on a 2-core machine with one core busy, a tiny step took 5.7x
+# its idle time, and 1.7-2.0x with threads that sleep instead, which cost 20-40 % on the idle machine
+# (benchmarks/bench_shared_cpu.py, results in benchmarks/results/2026-12-05-cpu-shared*). OpenMP reads this
+# when torch loads it, so it applies where electra_fast is imported first (the electra-fast command, python -m
+# electra_fast); a wait policy or spin count already set is left as it is.
+if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+from .backend import use_backend  # noqa: E402
+from .hf_trainer import DataCollatorForElectra, ElectraMetricsCallback  # noqa: E402
+from .ops import attention, attention_varlen, generator_loss_and_sample, mask_tokens, rtd_loss  # noqa: E402
+from .optim import build_optimizer_and_scheduler, parameter_groups  # noqa: E402
+from .outputs import MaskedTokens, RTDOutput  # noqa: E402
+from .patch import apply_fast_electra  # noqa: E402
+from .pretrainer import ElectraObjective, ElectraPretrainer, ElectraPretrainerConfig, ElectraPretrainingOutput  # noqa: E402
 
 __version__ = "0.1.0"
 

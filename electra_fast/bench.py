@@ -28,7 +28,8 @@ def run_bench(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # The suites are bench_*.py files, which pytest does not collect from a folder by default.
     command = [sys.executable, "-m", "pytest", str(suites), "-q", "-p", "no:cacheprovider", "-o",
-               "python_files=bench_*.py", "--benchmark-json", str(out / "benchmarks.json")]
+               "python_files=bench_*.py", "--benchmark-json", str(out / "benchmarks.json"),
+               "--benchmark-storage", f"file://{out / 'storage'}"]  # not ./.benchmarks in the checkout
     if args.k:
         command += ["-k", args.k]
     status = subprocess.call(command, cwd=suites.parent)
@@ -40,7 +41,11 @@ def run_bench(args) -> int:
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("bench", help="run the benchmark suites and write tables and plots")
+    parser = commands.add_parser(
+        "bench", help="run the benchmark suites and write tables and plots (needs a source checkout)",
+        description="Run the pytest-benchmark suites of benchmarks/ and write the JSON, tables and plots to --out. "
+        "The suites are not installed with the package: run it in (or below) a source checkout of electra-fast "
+        "(git clone, then pip install -e '.[test]').")
     parser.add_argument("--out", default=os.path.join("runs", "bench"), help="folder for the JSON, tables and plots")
     parser.add_argument("-k", default=None, help="pytest -k expression to pick benchmarks")
     parser.set_defaults(handler=run_bench)

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .errors import UserInputError
-from .run_config import RESUMABLE_CHANGES
+from .run_config import INVOCATION_SETTINGS, PATH_SETTINGS, RESUMABLE_CHANGES
 
 CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "data", "rng", "config")
@@ -79,18 +79,43 @@ def resume_state(resume: str, output_dir: Path, log: Callable[[str], None]) -> t
                          f"{output_dir / CHECKPOINT_DIR} can be loaded: " + "; ".join(failures))
 
 
-def check_same_run(config, saved: dict, path: Path) -> None:
-    """Resuming must not change a setting that shapes the run (everything but RESUMABLE_CHANGES)."""
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to (RUN/checkpoints/step-*.pt)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
+
+
+def same_setting(key: str, saved, current) -> bool:
+    """Paths are the same when they resolve to the same place (relative or absolute, ~ or not)."""
+    if key in PATH_SETTINGS and saved is not None and current is not None:
+        return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
+    return saved == current
+
+
+def resumed_config(config, saved: dict, path: Path, given: Optional[set] = None):
+    """The settings of a run resumed from the checkpoint ``path``: the checkpoint's own, except what
+    RESUMABLE_CHANGES allows to change among ``given`` (the settings passed explicitly; None: all of ``config``,
+    as from Python). Another setting passed with a value other than the checkpoint's is an error listing all
+    of them. The run folder is where the run is resumed (by default the checkpoint's own folder when a file
+    is named), not where it was first written, so a moved or copied run folder resumes."""
     current = dataclasses.asdict(config)
-    differences = [
-        f"--{key.replace('_', '-')} {saved.get(key)!r} -> {current[key]!r}"
-        for key in current
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]
-    ]
+    given = set(current) if given is None else given
+    settings, differences = {}, []
+    for key, value in current.items():
+        if key in INVOCATION_SETTINGS or key not in saved or (key in given and key in RESUMABLE_CHANGES):
+            settings[key] = value
+        elif key in given and not same_setting(key, saved[key], value):
+            differences.append(f"--{key.replace('_', '-')} {saved[key]!r} -> {value!r}")
+        else:
+            settings[key] = saved[key]
     if differences:
+        changeable = ", ".join(f"--{key.replace('_', '-')}" for key in sorted(RESUMABLE_CHANGES))
         raise UserInputError(
             f"cannot resume from {path}: these settings differ from the checkpoint's: " + "; ".join(differences)
+            + f" (a resumed run keeps its settings; only {changeable} may change: leave the others out)"
         )
+    if "output_dir" not in given and config.resume != "latest":
+        settings["output_dir"] = str(run_folder(path))
+    return dataclasses.replace(config, **settings)
 
 
 def keep_metrics_up_to(metrics_path: Path, step: int) -> None:

@@ -58,6 +58,19 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
+class ShortUsageParser(argparse.ArgumentParser):
+    """A sub-command whose usage would take several lines (pretrain's lists 50 flags) shows a short one with its
+    errors; --help still shows everything."""
+
+    def format_usage(self) -> str:
+        usage = super().format_usage()
+        if usage.count("\n") <= 2:
+            return usage
+        positionals = "".join(f" {action.metavar or action.dest}" for action in self._actions
+                              if not action.option_strings)
+        return f"usage: {self.prog} [options]{positionals} (--help lists them)\n"
+
+
 def add_pretrain_command(commands) -> None:
     from .presets import PRESETS
     from .pretrainer import EMBEDDING_SHARING
@@ -161,11 +174,15 @@ def add_pretrain_command(commands) -> None:
                      help="write metrics every N steps (one device synchronisation each time)")
     run.add_argument("--resume", nargs="?", const="latest",
                      help="continue from the latest checkpoint in --output-dir that loads (a damaged newer one is "
-                     "reported and skipped), or from the given file")
+                     "reported and skipped), or from the given file (its run folder unless --output-dir is given), "
+                     "with the run's own settings: only --steps, --max-time, the intervals and operational flags "
+                     "(--device, --data-workers, ...) may be passed with other values")
     run.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
-    run.add_argument("--max-time", help="wall-clock limit of the training loop, e.g. 3h30m, 45m or 90s: then save a "
-                     "checkpoint and exit with code 124 (--resume continues); SIGTERM and SIGUSR1 also save, exiting "
-                     "with 128 + the signal's number")
+    run.add_argument("--max-time", help="wall-clock limit of the run, e.g. 3h30m, 45m or 90s, counted from its start "
+                     "(the tokenizer, data preparation and compiling included; the few seconds Python takes to "
+                     "start and import are not): then save a checkpoint and exit with code 124 (--resume continues); "
+                     "SIGTERM and SIGUSR1 also save, exiting with 128 + the signal's number (before the first step "
+                     "they stop at once, saying what was kept)")
 
 
 def add_packing_arguments(group, defaults, workers_flag: str = "--prepare-workers") -> None:
@@ -239,7 +256,7 @@ def pretrain(args) -> int:
     config = PretrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PretrainConfig)})
     try:
         with use_backend(args.backend):
-            result = run_pretraining(config)
+            result = run_pretraining(config, given=given_settings(args.raw_argv))
     except UserInputError as error:
         print(f"electra-fast pretrain: error: {error}", file=sys.stderr)
         return 2
@@ -253,9 +270,25 @@ def pretrain(args) -> int:
     return 0
 
 
+def given_settings(argv: list) -> set:
+    """The PretrainConfig settings that ``pretrain``'s arguments ``argv`` set explicitly (a resumed run takes the
+    others from its checkpoint): argparse fills in a default only where the namespace has no value yet, so a
+    second parse into a namespace holding a marker leaves the marker where no flag was given."""
+    import dataclasses
+
+    from .run_config import PretrainConfig
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    add_pretrain_command(commands)
+    unset = object()
+    names = [field.name for field in dataclasses.fields(PretrainConfig)]
+    parsed = commands.choices["pretrain"].parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name for name in names if getattr(parsed, name) is not unset}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electra-fast", description="Fast ELECTRA pre-training with Triton kernels.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ShortUsageParser)
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
     add_pretrain_command(commands)
     add_prepare_data_command(commands)

@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import random
+import signal
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,15 +127,32 @@ def _decode_error(path: Path, line_number: int, error: UnicodeDecodeError) -> Us
     )
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple]:
-    """(line number, line) of a UTF-8 file, streamed; a decoding error names the file and the line."""
+def _numbered_lines(path: Path, max_chars: int = -1) -> Iterator[tuple]:
+    """(line number, line) of a UTF-8 file, streamed (a line cut at ``max_chars`` if that is given); a file that
+    cannot be read or decoded is an error naming it (and the line)."""
     line_number = 0
     try:
         with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
+            lines = handle if max_chars < 0 else iter(lambda: handle.readline(max_chars), "")
+            for line_number, line in enumerate(lines, start=1):
                 yield line_number, line
     except UnicodeDecodeError as error:
         raise _decode_error(path, line_number + 1, error) from None
+    except OSError as error:
+        raise UserInputError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def check_first_records(path: Path, text_field: str, records: int = 100, max_chars: int = 1 << 20) -> None:
+    """Read the first ``records`` lines of a --data file, so that a file that cannot be read, is binary, is not
+    JSONL or lacks the text field is reported before any work (the tokenizer is trained on the whole corpus)."""
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    for line_number, line in _numbered_lines(path, max_chars):
+        if "\x00" in line:
+            raise UserInputError(f"{path} line {line_number} holds NUL bytes: a binary file, not text")
+        if jsonl and line.endswith("\n") and line.strip():
+            _jsonl_text(path, line_number, line, text_field)
+        if line_number >= records:
+            return
 
 
 def text_file_documents(path: Path) -> Iterator[Document]:
@@ -151,27 +169,31 @@ def text_file_documents(path: Path) -> Iterator[Document]:
         yield document
 
 
+def _jsonl_text(path: Path, line_number: int, line: str, text_field: str) -> str:
+    """The ``text_field`` string of one JSONL record; anything else is an error naming the file and line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path} line {line_number} is not valid JSON: {error.msg}") from None
+    if not isinstance(record, dict) or text_field not in record:
+        raise UserInputError(
+            f"{path} line {line_number} has no field {text_field!r}; choose the field with --text-field"
+        )
+    if not isinstance(record[text_field], str):
+        raise UserInputError(
+            f"{path} line {line_number}: field {text_field!r} must be a string, "
+            f"got {type(record[text_field]).__name__}"
+        )
+    return record[text_field]
+
+
 def jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
     """Documents of a JSONL file: the ``text_field`` string of each record."""
     for line_number, line in _numbered_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserInputError(f"{path} line {line_number} is not valid JSON: {error.msg}") from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise UserInputError(
-                f"{path} line {line_number} has no field {text_field!r}; choose the field with --text-field"
-            )
-        if not isinstance(record[text_field], str):
-            raise UserInputError(
-                f"{path} line {line_number}: field {text_field!r} must be a string, "
-                f"got {type(record[text_field]).__name__}"
-            )
-        document = _clean_lines(record[text_field])
-        if document:
-            yield document
+        if line.strip():
+            document = _clean_lines(_jsonl_text(path, line_number, line, text_field))
+            if document:
+                yield document
 
 
 class FileCorpus(Corpus):
@@ -259,6 +281,8 @@ def open_corpus(data: Optional[str], text_field: str = "text") -> Corpus:
         description = str(path)
     if all(p.stat().st_size == 0 for p in files):
         raise UserInputError(f"--data {data}: empty (no text to train on)")
+    for file in files:
+        check_first_records(file, text_field)
     return FileCorpus(files, text_field, description)
 
 
@@ -291,6 +315,14 @@ def _call_in_worker(arguments: tuple):
     return _worker_state["function"](index, block)
 
 
+def _leave_signals_to_the_parent() -> None:
+    """In a worker: Ctrl-C and SLURM's warning are the parent's to handle; SIGTERM (Pool.terminate) ends it."""
+    for name in ("SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iterator:
     """``function(index, block)`` for each block, yielded in block order: in this process (``workers`` 0) or in
     ``workers`` forked processes, which inherit ``function`` (it need not pickle; blocks and results do). At most
@@ -305,7 +337,7 @@ def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iter
     # A tokenizer that ran its own thread pool before a fork warns in every child; the workers are the parallelism.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _worker_state["function"] = function
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_the_parent) as pool:
         in_flight: collections.deque = collections.deque()
         for index, block in enumerate(blocks):
             in_flight.append(pool.apply_async(_call_in_worker, ((index, block),)))

@@ -550,8 +550,12 @@ def run_inspect(args) -> int:
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("inspect", help="count each kernel's FLOPs, bytes and out-of-bounds accesses in "
-                                                 "the interpreter, beside the op's minimum and a roofline model")
+    what = ("count each kernel's FLOPs, bytes and out-of-bounds accesses in the interpreter, beside the op's "
+            "minimum and a roofline model")
+    parser = commands.add_parser(
+        "inspect", help=what,
+        description=f"{what[0].upper()}{what[1:]}: runs every Triton kernel once under the Triton interpreter "
+        "(no GPU needed), with registers, spills and occupancy from an ahead-of-time compile, and prints a table.")
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--shapes", choices=("small", "full"), default="small",
                         help="small: one tiny shape (seconds); full: ELECTRA small/base/large at L=128 and 512")

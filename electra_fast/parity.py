@@ -135,7 +135,7 @@ def run_parity(args) -> int:
         print("bfloat16 is skipped on the CPU: the Triton interpreter computes bf16 wrongly (docs/design.md §6)")
         dtypes.remove(torch.bfloat16)
     torch.manual_seed(0)
-    failed = False
+    checks = failures = 0
     print(f"{'check':58s} {'dtype':9s} {'value':>10s} {'limit':>10s}")
     for name in args.ops.split(","):
         if name not in CHECKS:
@@ -143,10 +143,15 @@ def run_parity(args) -> int:
         for dtype in dtypes if name != "masking" else [torch.int64]:
             for label, value, limit in CHECKS[name](device, dtype):
                 ok = value <= limit
-                failed |= not ok
                 dtype_name = str(dtype).replace("torch.", "")
                 print(f"{label:58s} {dtype_name:9s} {value:10.3g} {limit:10.3g} {'ok' if ok else 'FAIL'}")
-    return 1 if failed else 0
+                checks, failures = checks + 1, failures + (not ok)
+    where = "on " + (torch.cuda.get_device_name() if device.type == "cuda" else "the CPU (Triton interpreter)")
+    if failures:
+        print(f"parity: FAIL: {failures} of {checks} checks exceed their limit {where}")
+        return 1
+    print(f"parity: ok: all {checks} checks within their limits {where}")
+    return 0
 
 
 def add_parser(commands) -> None:

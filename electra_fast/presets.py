@@ -50,6 +50,10 @@ def get_preset(name: str, **overrides) -> Preset:
     return Preset(**values)
 
 
+def generator_heads(generator_hidden_size: int) -> int:
+    return max(1, generator_hidden_size // 64)
+
+
 def electra_configs(preset: Preset, vocab_size: int, *, pad_token_id: int = 0, **config_kwargs):
     """(generator ElectraConfig, discriminator ElectraConfig) for ``preset``."""
     if preset.hidden_size % preset.num_heads:
@@ -71,7 +75,7 @@ def electra_configs(preset: Preset, vocab_size: int, *, pad_token_id: int = 0, *
     generator_hidden = preset.generator_hidden_size
     generator = ElectraConfig(
         hidden_size=generator_hidden,
-        num_attention_heads=max(1, generator_hidden // 64),
+        num_attention_heads=generator_heads(generator_hidden),
         intermediate_size=4 * generator_hidden,
         **common,
     )

@@ -7,12 +7,13 @@ the random draws of every micro-batch (docs/design.md §4).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .data import PACKINGS
+from .data import MIN_SHORT_LENGTH, PACKINGS
 from .errors import UserInputError
 from .stopping import parse_duration
 
@@ -22,10 +23,12 @@ OBJECTIVE_FIELDS = (
     "mask_prob", "max_predictions", "mask_token_prob", "random_token_prob", "mode", "temperature",
     "disallow_correct", "gen_weight", "disc_weight", "embedding_sharing",
 )
-# Settings a resumed run may change; every other setting must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "resume", "overwrite", "device",
-                     "max_time", "eval_every", "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers",
-                     "compile"}
+# Settings a resumed run may change; every other setting is the checkpoint's, and passing another value is an error.
+RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "device", "max_time", "eval_every",
+                     "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers", "compile"}
+# What this invocation is asked to do and where, never taken from a checkpoint (a run folder may have moved).
+INVOCATION_SETTINGS = {"output_dir", "resume", "overwrite"}
+PATH_SETTINGS = ("data", "tokenizer")
 
 
 @dataclass
@@ -133,6 +136,12 @@ def check_config(config: PretrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in SIZE_FIELDS:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.max_length < MIN_SHORT_LENGTH:
+        raise UserInputError(f"--max-length must be at least {MIN_SHORT_LENGTH}, got {config.max_length}")
+    check_objective(config)
     if config.lr is not None and not config.lr > 0:
         raise UserInputError(f"--lr must be > 0, got {config.lr}")
     if config.warmup_steps is not None and config.warmup_steps < 0:
@@ -146,6 +155,34 @@ def check_config(config: PretrainConfig) -> None:
         raise UserInputError(f"--eval-fraction must be in [0, 1) (0: no evaluation), got {config.eval_fraction}")
     if config.max_time is not None:
         parse_duration(config.max_time)
+
+
+# The objective's flags and the values they take (None: not passed, the objective's default).
+OBJECTIVE_RANGES = {
+    "mask_prob": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "mask_token_prob": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "random_token_prob": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "max_predictions": (lambda value: value >= 1, "at least 1"),
+    "temperature": (lambda value: value > 0, "> 0"),
+    "gen_weight": (lambda value: value >= 0, ">= 0"),
+    "disc_weight": (lambda value: value >= 0, ">= 0"),
+}
+
+
+def check_objective(config: PretrainConfig) -> None:
+    """The objective's values, checked as the pre-trainer and the masking would check them, but before any work."""
+    from .pretrainer import ElectraObjective
+
+    for name, (valid, wanted) in OBJECTIVE_RANGES.items():
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and valid(value)):
+            raise UserInputError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
+    mask_token_prob, random_token_prob = (
+        getattr(ElectraObjective, name) if getattr(config, name) is None else getattr(config, name)
+        for name in ("mask_token_prob", "random_token_prob"))
+    if mask_token_prob + random_token_prob > 1 + 1e-9:
+        raise UserInputError(f"--mask-token-prob + --random-token-prob must be at most 1 (the rest of the chosen "
+                             f"tokens stay as they are), got {mask_token_prob} + {random_token_prob}")
 
 
 def save_interval(config: PretrainConfig) -> int:

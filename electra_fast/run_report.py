@@ -36,8 +36,17 @@ def smoothed(values: list, width: int) -> list:
 
 
 def plot_losses(metrics: list, path: Path) -> None:
+    """``loss_figure(metrics)`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = loss_figure(metrics)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def loss_figure(metrics: list):
     """Loss, MLM and RTD curves (raw and smoothed), the two training accuracies and, when the run evaluated,
-    the held-out panel (discriminator ROC AUC on both probes, generator MLM accuracy), as a PNG."""
+    the held-out panel (discriminator ROC AUC on both probes, generator MLM accuracy, the 0.5 of chance)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,13 +54,17 @@ def plot_losses(metrics: list, path: Path) -> None:
 
     rows, evaluations = training_rows(metrics), evaluation_rows(metrics)
     steps = [row["step"] for row in rows]
-    panels = [("loss", "total loss"), ("mlm_loss", "generator MLM loss"), ("rtd_loss", "discriminator RTD loss"),
-              ("accuracy", "training accuracy")] + ([("eval", "held-out")] if evaluations else [])
+    panels = [("loss", "total loss", "gen_weight x MLM + disc_weight x RTD"),
+              ("mlm_loss", "generator MLM loss", "cross-entropy (nats)"),
+              ("rtd_loss", "discriminator RTD loss", "binary cross-entropy (nats)"),
+              ("accuracy", "training accuracy", "fraction correct")]
+    panels += [("eval", "held-out", "ROC AUC / accuracy")] if evaluations else []
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     width = max(1, len(rows) // 30)
-    for axis, (key, title) in zip(axes, panels):
+    for axis, (key, title, unit) in zip(axes, panels):
         axis.set_title(title)
         axis.set_xlabel("step")
+        axis.set_ylabel(unit)
         if key == "eval":
             eval_steps = [row["step"] for row in evaluations]
             for name, label in (("eval_rtd_auc", "RTD AUC, generator's replacements"),
@@ -59,7 +72,7 @@ def plot_losses(metrics: list, path: Path) -> None:
                                 ("eval_mlm_accuracy", "generator MLM accuracy")):
                 values = [math.nan if row[name] is None else row[name] for row in evaluations]
                 axis.plot(eval_steps, values, marker="o", label=label)
-            axis.axhline(0.5, color="gray", linewidth=0.8, linestyle=":")
+            axis.axhline(0.5, color="gray", linewidth=0.8, linestyle=":", label="AUC 0.5: chance")
             axis.set_ylim(0, 1)
             axis.legend(fontsize=7)
             continue
@@ -70,8 +83,7 @@ def plot_losses(metrics: list, path: Path) -> None:
         if key == "accuracy":
             axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def evaluation_summary(metrics: list, sequences: int) -> str:

@@ -64,3 +64,47 @@ class InterruptFlag:
     def __exit__(self, *exc):
         for number, previous in self._previous.items():
             signal.signal(number, previous)
+
+
+class SetupStopped(BaseException):
+    """A stop signal that arrived before the training loop (or after it): nothing to finish, so the run ends."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+class SetupSignals:
+    """Outside the training loop (whose InterruptFlag finishes the step and saves), a stop signal ends the run at
+    once by raising SetupStopped; ``stage`` says what the run was doing, for the message that says what was
+    kept."""
+
+    def __init__(self):
+        self.stage = "starting"
+        self.signal_number: Optional[int] = None
+        self._previous = {}
+
+    def enter(self, stage: str) -> None:
+        """The run now does ``stage``. A signal whose exception was lost (raised while a finaliser ran, which
+        Python reports and ignores) stops the run here."""
+        if self.signal_number is not None:
+            raise SetupStopped(self.signal_number)
+        self.stage = stage
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_number = signum
+        while frame is not None:  # in a finaliser, Python would print the exception and ignore it: enter() raises
+            if frame.f_code.co_name == "__del__":
+                return
+            frame = frame.f_back
+        raise SetupStopped(signum)
+
+    def __exit__(self, *exc):
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)

@@ -22,6 +22,10 @@ FINGERPRINT_FILE = "electra_fast_tokenizer.json"
 TRAINER_VERSION = "electra_fast.wordpiece 1"
 
 
+# A directory holding one of these may hold a tokenizer that AutoTokenizer loads (fast, or BERT's vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
 def check_special_tokens(tokenizer, source: str) -> None:
     """ELECTRA packs with [CLS]/[SEP], pads with [PAD] and masks with [MASK]: all four must exist."""
     missing = [
@@ -41,6 +45,9 @@ def load_tokenizer(path: str):
     location = Path(path).expanduser()
     if not location.exists():
         raise UserInputError(f"--tokenizer {path}: no such file or directory")
+    if location.is_dir() and not any((location / name).is_file() for name in TOKENIZER_FILES):
+        raise UserInputError(f"--tokenizer {path}: the directory holds no tokenizer (none of "
+                             f"{', '.join(TOKENIZER_FILES)}, as tokenizer.save_pretrained writes)")
     try:
         if location.is_file():
             tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(location))

@@ -34,13 +34,13 @@ import torch
 from . import distributed
 from .backend import requested_backend, triton_can_run, use_cpu_path
 from .checkpoints import (
-    check_same_run,
     checkpoint_files,
     keep_metrics_up_to,
     newest_checkpoint,
     read_metrics,
     restore_rng_states,
     resume_state,
+    resumed_config,
     rng_states,
     save_checkpoint,
 )
@@ -51,10 +51,11 @@ from .evaluation import evaluate
 from .loader import TrainingBatches, held_out_batches
 from .optim import build_optimizer_and_scheduler
 from .prepare_data import default_workers, prepared_cache, tokenizer_hash
-from .presets import get_preset
+from .presets import generator_heads, get_preset
 from .pretrainer import ElectraPretrainer
 from .run_config import (
     OBJECTIVE_FIELDS,
+    PATH_SETTINGS,
     SIZE_FIELDS,
     PretrainConfig,
     check_config,
@@ -65,7 +66,7 @@ from .run_config import (
 )
 from .run_report import plot_losses, summarize
 from .shards import PreparedData, is_prepared, model_inputs
-from .stopping import MAX_TIME_EXIT_CODE, InterruptFlag, parse_duration
+from .stopping import MAX_TIME_EXIT_CODE, InterruptFlag, SetupSignals, SetupStopped, parse_duration
 from .tokenizer import load_tokenizer, prepare_tokenizer, special_token_ids
 
 METRICS_FILE = "metrics.jsonl"
@@ -146,6 +147,13 @@ def check_model_size(config: PretrainConfig) -> None:
         preset = get_preset(config.preset, **model_sizes(config))
     except ValueError as error:
         raise UserInputError(str(error)) from None
+    generator_hidden = preset.generator_hidden_size
+    for model, hidden, heads in [("discriminator", preset.hidden_size, preset.num_heads),
+                                 ("generator", generator_hidden, generator_heads(generator_hidden))]:
+        if hidden % heads:
+            flags = "--num-heads" if model == "discriminator" else "--generator-hidden-size (its heads: size // 64)"
+            raise UserInputError(f"the {model}'s hidden size {hidden} is not divisible by its {heads} attention heads; "
+                                 f"change {flags}")
     if config.max_length > preset.max_position_embeddings:
         raise UserInputError(
             f"--max-length {config.max_length} is above the {preset.max_position_embeddings} position "
@@ -181,19 +189,30 @@ def pretrain(
     *,
     after_step: Optional[Callable[[int], None]] = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    given: Optional[set] = None,
 ) -> PretrainResult:
     """Run (or resume) one pre-training run; ``after_step(step)`` is called after every optimiser step.
+    A resumed run takes its checkpoint's settings; ``given`` names the settings the caller passed (the command
+    line's flags), which must agree with them unless they may change (None: all of them).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a DistributedDataParallel replica on its own
     share of the batches; rank 0 alone writes files and messages (see electra_fast/distributed.py)."""
+    started = time.monotonic()  # --max-time counts from here
     output_dir = Path(config.output_dir).expanduser()
     created = first_missing_directory(output_dir)
+    setup = SetupSignals()
     try:
-        return Run(config, log).train(after_step)
-    except BaseException:
+        with setup:
+            return Run(config, log, given, setup).train(after_step, started)
+    except BaseException as error:
         if created is not None and distributed.is_main_process():
             remove_empty_directories(output_dir, created)  # a failed run leaves no empty folders behind
-        raise
+        if not isinstance(error, SetupStopped):
+            raise
+        newest = newest_checkpoint(output_dir) if output_dir.is_dir() else None
+        kept = f"{newest} is kept (--resume continues from it)" if newest else "nothing to resume yet"
+        log(f"{signal.Signals(error.signal_number).name}: stopped during {setup.stage}; {kept}")
+        return PretrainResult(output_dir, 0, True, "", 128 + error.signal_number)
     finally:
         distributed.teardown()
 
@@ -215,22 +234,29 @@ class Run:
     """One process's part of a run: ``__init__`` checks everything and builds the data, model and optimiser
     (resuming if asked), ``train`` runs the loop and finishes."""
 
-    def __init__(self, config: PretrainConfig, log: Callable[[str], None]):
+    def __init__(self, config: PretrainConfig, log: Callable[[str], None], given: Optional[set] = None,
+                 setup: Optional[SetupSignals] = None):
+        self.setup = setup or SetupSignals()  # not entered here: its ``stage`` names what the run is doing
+        self.setup.enter("the checks of the settings")
         check_config(config)
+        if Path(config.output_dir).expanduser().is_file():
+            raise UserInputError(f"--output-dir {config.output_dir} is a file, not a directory")
+        # User errors first, before any work (training a tokenizer takes a while).
+        resume_path, state = (None, None) if config.resume is None else resume_state(
+            config.resume, Path(config.output_dir).expanduser(), log)
+        if state is not None:
+            config = resumed_config(config, state["config"], resume_path, given)
+        # Saved absolute, so that the run resumes from any working directory.
+        config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())
+                                                for key in PATH_SETTINGS if getattr(config, key) is not None})
         self.config = config
         self.output_dir = output_dir = Path(config.output_dir).expanduser()
         self.device = device = distributed.local_device(resolve_device(config.device))
-        # User errors first, before any work (training a tokenizer takes a while).
         if requested_backend() == "triton" and not triton_can_run(device):
             raise UserInputError(
                 f"--backend triton cannot run on {device}: the Triton kernels need a CUDA device (or "
                 "TRITON_INTERPRET=1 for the slow interpreter on the CPU); use --backend auto"
             )
-        if output_dir.exists() and not output_dir.is_dir():
-            raise UserInputError(f"--output-dir {output_dir} is a file, not a directory")
-        resume_path, state = (None, None) if config.resume is None else resume_state(config.resume, output_dir, log)
-        if state is not None:
-            check_same_run(config, state["config"], resume_path)
         distributed.setup(device)
         self.main_process = distributed.is_main_process()
         self.log = log if self.main_process else (lambda message: None)  # rank 0 reports for all
@@ -264,6 +290,7 @@ class Run:
         if self.main_process:
             distributed.barrier()
         self.tokenizer = tokenizer
+        self.setup.enter("the model's construction")
         torch.manual_seed(config.seed)
         self.model = build_pretrainer(config, tokenizer).to(self.device)
         self.training_model = distributed.wrap(self.model, self.device)  # DDP copies rank 0's weights to all
@@ -300,8 +327,10 @@ class Run:
             return prepared, tokenizer
         corpus = open_corpus(config.data, config.text_field)
         vocab_size = config.vocab_size or (4000 if config.preset == "tiny" else 30522)
+        self.setup.enter("tokenizer training" if config.tokenizer is None else "tokenizer loading")
         tokenizer = prepare_tokenizer(config.tokenizer, corpus, vocab_size, self.output_dir / "tokenizer", workers,
                                       log=self.log)
+        self.setup.enter("the data preparation")
         prepared = prepared_cache(corpus, tokenizer, self.output_dir / "data", max_length=config.max_length,
                                   packing=config.packing, eval_fraction=config.eval_fraction, workers=workers,
                                   log=self.log)
@@ -448,7 +477,8 @@ class Run:
         self.pending.append((self.step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None]]),
                              tokens, lr, skipped))
 
-    def train(self, after_step) -> PretrainResult:
+    def train(self, after_step, started: Optional[float] = None) -> PretrainResult:
+        """The loop and the end of the run; --max-time counts from ``started`` (time.monotonic(); default now)."""
         from tqdm.auto import tqdm
 
         config, step = self.config, self.step
@@ -457,20 +487,22 @@ class Run:
             self.log("the first steps compile the CPU path's fused loops (tens of seconds, the first time on a "
                      "machine; later runs load them from torch.compile's cache)")
         if self.evaluating and step == 0:
+            self.setup.enter("the evaluation of the untrained model")
             self.evaluate()  # the untrained baseline
         self.progress = tqdm(total=config.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
                              disable=not self.main_process)
         max_seconds = parse_duration(config.max_time) if config.max_time is not None else None
-        loop_start = time.monotonic()
+        started = time.monotonic() if started is None else started
         save_every = save_interval(config)
 
         def stop_requested(interrupt: InterruptFlag) -> bool:
             """A signal or --max-time on any process stops every process before the same step (a collective)."""
-            if max_seconds is not None and not interrupt.requested and time.monotonic() - loop_start >= max_seconds:
+            if max_seconds is not None and not interrupt.requested and time.monotonic() - started >= max_seconds:
                 interrupt.requested = interrupt.timed_out = True
                 self.log(f"--max-time {config.max_time} reached: stopping to save a checkpoint")
             return distributed.any_rank(interrupt.requested, self.device)
 
+        self.setup.enter("the first step")
         with InterruptFlag() as interrupt:
             while (self.step < config.steps and self.bad_in_a_row < config.max_bad_steps
                    and not stop_requested(interrupt)):
@@ -488,6 +520,7 @@ class Run:
                         self.checkpoint()
                 if after_step is not None:
                     after_step(step)
+        self.setup.enter("the end of the run (saving)")
         self.progress.close()
         self.flush()
         self.batches.close()

@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before Triton is first imported, so this happens at
 """
 
 import os
+import tempfile
 
 import torch
 
@@ -29,6 +30,10 @@ def float_dtypes():
 
 
 def pytest_configure(config):
+    # pytest-benchmark makes its storage folder, ./.benchmarks, when it starts (its configure runs last); the tests
+    # time nothing, so it goes to the temporary directory instead of the working directory.
+    if hasattr(config.option, "benchmark_storage"):
+        config.option.benchmark_storage = "file://" + os.path.join(tempfile.gettempdir(), "electra-fast-benchmarks")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("markers", "gpu_check: benchmarks/gpu_check.sh's correctness stage: the kernels "
                             "in fp16 and bf16 against fp64, random bits against the reference, a whole fused step")

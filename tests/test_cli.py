@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def test_default_command_writes_everything(default_run, capsys):
     summary = (default_run / "summary.txt").read_text()
     assert "ELECTRA-tiny" in summary and "4 steps" in summary and "On 16 held-out sequences, from step 0" in summary
     assert (default_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_labels_its_axes_and_the_chance_line(default_run):
+    from electra_fast.checkpoints import read_metrics as read_metric_rows
+    from electra_fast.run_report import loss_figure
+
+    figure = loss_figure(read_metric_rows(default_run / "metrics.jsonl"))
+    assert len(figure.axes) == 5 and all(axis.get_ylabel() for axis in figure.axes)
+    held_out = figure.axes[-1]
+    assert "AUC 0.5: chance" in [text.get_text() for text in held_out.get_legend().get_texts()]
 
 
 def test_checkpoints_load_in_transformers(default_run):
@@ -199,14 +210,57 @@ def test_max_time_saves_and_exits_124(tmp_path, tokenizer_dir, capsys):
 
     assert parse_duration("3h30m") == 12600 and parse_duration("45m") == 2700 and parse_duration("90s") == 90
     assert parse_duration("600") == 600 and parse_duration("1.5h") == 5400
-    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "100000", "--max-time", "3s",
+    # --max-time counts from the start of the run, so on a loaded machine the data preparation and the model may
+    # take all of it (then step 0 is saved: test_max_time_counts_the_setup).
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--steps", "100000", "--max-time", "6s",
                         "--log-every", "1", "--output-dir", str(tmp_path / "run"))
-    assert code == 124 and "--max-time 3s reached" in err and "interrupted at step" in err, err
+    assert code == 124 and "--max-time 6s reached" in err and "interrupted at step" in err, err
     steps = [row["step"] for row in read_metrics(tmp_path / "run")]
-    assert steps and (tmp_path / "run" / "checkpoints" / f"step-{steps[-1]:07d}.pt").is_file()
+    last = steps[-1] if steps else 0
+    assert steps == list(range(1, last + 1)) and (tmp_path / "run" / "checkpoints" / f"step-{last:07d}.pt").is_file()
     for bad in ("soon", "0", "3x", ""):
         code, err = run_cli(capsys, "--max-time", bad, "--output-dir", str(tmp_path / "bad"))
         assert code == 2 and "--max-time must be" in err, (bad, err)
+
+
+def test_max_time_counts_the_setup(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """A setup longer than --max-time leaves no time for a step: the run saves step 0 (to --resume) and exits 124."""
+    from electra_fast import training
+
+    prepare_tokenizer = training.prepare_tokenizer
+
+    def slow_tokenizer(*args, **kwargs):
+        time.sleep(1.5)
+        return prepare_tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(training, "prepare_tokenizer", slow_tokenizer)
+    code, err = run_cli(capsys, "--tokenizer", str(tokenizer_dir), "--max-time", "1s", "--eval-fraction", "0",
+                        "--output-dir", str(tmp_path / "run"))
+    assert code == 124 and "--max-time 1s reached" in err and "interrupted at step 0" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step
+    assert (tmp_path / "run" / "checkpoints" / "step-0000000.pt").is_file()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_setup_says_what_was_kept(tmp_path, stop_signal):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "electra_fast", "pretrain", "--vocab-size", "300", "--steps", "1",
+         "--output-dir", str(tmp_path / "run"), *SMALL],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        while not lines or "training a WordPiece tokenizer" not in lines[-1]:
+            lines.append(process.stderr.readline())
+            assert lines[-1], "".join(lines)
+        process.send_signal(getattr(signal, stop_signal))
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + getattr(signal, stop_signal), err
+    assert err.strip().splitlines()[-1] == f"{stop_signal}: stopped during tokenizer training; nothing to resume yet"
+    assert "Traceback" not in err, err
 
 
 def run_cli(capsys, *arguments):
@@ -254,6 +308,56 @@ def test_user_errors_come_before_the_tokenizer_is_trained(tmp_path, capsys, monk
         code, err = run_cli(capsys, "--output-dir", str(output_dir), *arguments)
         assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
         assert not (output_dir / "tokenizer").exists()
+
+
+def test_every_bad_value_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Bad objective values, sizes and data are one-line errors naming the flag or file, before the tokenizer is
+    trained or the corpus prepared."""
+    from electra_fast import tokenizer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained before the error")
+
+    monkeypatch.setattr(tokenizer, "wordpiece_tokenizer", no_training)
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_text("text\x00with a NUL byte\n")
+    (tmp_path / "other-field.jsonl").write_text('{"content": "a document"}\n' * 3)
+    (tmp_path / "not-json.jsonl").write_text("plain text\n")
+    (tmp_path / "unreadable.txt").write_text("some text\n")
+    (tmp_path / "unreadable.txt").chmod(0)
+    (tmp_path / "empty-tokenizer").mkdir()
+    cases = [
+        (["--mask-prob", "2"], r"--mask-prob must be in \(0, 1\], got 2.0"),
+        (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+        (["--random-token-prob", "0.5"], r"--mask-token-prob \+ --random-token-prob must be at most 1 .* 0.85 \+ 0.5"),
+        (["--max-predictions", "0"], "--max-predictions must be at least 1, got 0"),
+        (["--disc-weight", "nan"], "--disc-weight must be >= 0, got nan"),
+        (["--num-heads", "3"], "hidden size 128 is not divisible by its 3 attention heads; change --num-heads"),
+        (["--max-length", "0"], "--max-length must be at least 5, got 0"),
+        (["--hidden-size", "0"], "--hidden-size must be at least 1, got 0"),
+        (["--data", str(tmp_path / "binary.txt")], "cannot decode .*binary.txt as UTF-8 \\(line 1"),
+        (["--data", str(tmp_path / "nul.txt")], "nul.txt line 1 holds NUL bytes: a binary file"),
+        (["--data", str(tmp_path / "other-field.jsonl")], "other-field.jsonl line 1 has no field 'text'"),
+        (["--data", str(tmp_path / "not-json.jsonl")], "not-json.jsonl line 1 is not valid JSON"),
+        (["--tokenizer", str(tmp_path / "empty-tokenizer")], "empty-tokenizer: the directory holds no tokenizer"),
+    ]
+    if not os.access(tmp_path / "unreadable.txt", os.R_OK):  # root reads it anyway
+        cases.append((["--data", str(tmp_path / "unreadable.txt")], "cannot read .*unreadable.txt: Permission denied"))
+    for arguments, message in cases:
+        code, err = run_cli(capsys, "--output-dir", str(tmp_path / "out"), *arguments)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (arguments, err)
+        assert err.startswith("electra-fast pretrain: error: ") and re.search(message, err), (message, err)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_choice_gets_a_short_usage(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["pretrain", "--preset", "nonsense"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.splitlines() == [
+        "usage: electra-fast pretrain [options] (--help lists them)",
+        "electra-fast pretrain: error: argument --preset: invalid choice: 'nonsense' (choose from 'base', 'large', "
+        "'small', 'tiny')"]
 
 
 def poison_losses(monkeypatch, bad_steps):
@@ -340,6 +444,51 @@ def test_a_damaged_checkpoint_is_named_and_resume_latest_falls_back(tmp_path, to
     assert code == 2 and "--resume latest: no checkpoint in" in err and "can be loaded" in err, err
 
 
+def test_resume_alone_continues_a_moved_run_with_its_own_settings(tmp_path, default_run, capsys, monkeypatch):
+    """A copied run folder, named by a relative path, resumes with no other flag: its settings, its tokenizer
+    and its prepared data come from the folder; a checkpoint file names the folder it belongs to."""
+    shutil.copytree(default_run, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["pretrain", "--backend", "reference", "--resume", "--output-dir", "moved", "--steps", "5"])
+    err = capsys.readouterr().err
+    assert code == 0 and "at step 4" in err, err
+    assert "training a WordPiece" not in err and "preparing the corpus" not in err, err
+    code = cli.main(["pretrain", "--backend", "reference", "--resume", "moved/checkpoints/step-0000005.pt",
+                     "--steps", "6"])
+    err = capsys.readouterr().err
+    assert code == 0 and "step-0000005.pt at step 5" in err, err
+    assert [row["step"] for row in read_metrics(tmp_path / "moved")] == list(range(1, 7))
+    assert not (tmp_path / "runs").exists()  # not the default --output-dir: the checkpoint's folder
+    saved = torch.load(tmp_path / "moved" / "checkpoints" / "step-0000006.pt", weights_only=False)["config"]
+    original = torch.load(default_run / "checkpoints" / "step-0000004.pt", weights_only=False)["config"]
+    assert {key: saved[key] for key in ("batch_size", "max_length", "vocab_size", "eval_sequences")} == {
+        "batch_size": 4, "max_length": 32, "vocab_size": 500, "eval_sequences": 16}
+    changed = {"steps", "output_dir", "resume"}
+    assert {key: value for key, value in saved.items() if key not in changed} == {
+        key: value for key, value in original.items() if key not in changed}
+
+
+def test_resume_compares_paths_resolved_and_lists_what_differs(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("ELECTRA trains a discriminator.\nIt detects replaced tokens.\n\n" * 20)
+    shutil.copytree(tokenizer_dir, tmp_path / "tok")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "--data", "corpus.txt", "--tokenizer", "tok", "--eval-fraction", "0", "--steps", "2",
+                        "--output-dir", "relrun")
+    assert code == 0, err
+    code, err = run_cli(capsys, "--data", str(tmp_path / "corpus.txt"), "--tokenizer", str(tmp_path / "tok"),
+                        "--eval-fraction", "0", "--steps", "3", "--output-dir", str(tmp_path / "relrun"), "--resume")
+    assert code == 0 and "at step 2" in err, err
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative --data and --tokenizer of the first command
+    code, err = run_cli(capsys, "--output-dir", "../relrun", "--resume", "--steps", "4")
+    assert code == 0 and "at step 3" in err, err
+    code, err = run_cli(capsys, "--output-dir", "../relrun", "--resume", "--steps", "5", "--lr", "0.1",
+                        "--data", "corpus.txt", "--eval-every", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"differ from the checkpoint's: --data '.*/corpus.txt' -> 'corpus.txt'; --lr None -> 0.1 "
+                     r"\(a resumed run keeps its settings; only .*--eval-every.*--steps may change", err), err
+
+
 def test_help_shows_each_default_once(capsys):
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--help"])
@@ -362,3 +511,17 @@ def test_save_every_defaults_to_saving_during_a_readme_sized_run():
     assert save_interval(PretrainConfig(steps=1_000_000)) == 1000
     assert save_interval(PretrainConfig(steps=3)) == 1
     assert save_interval(PretrainConfig(steps=300, save_every=7)) == 7
+
+
+def test_the_command_lets_waiting_openmp_threads_sleep():
+    """Spinning OpenMP threads take a shared CPU from the threads that have work (benchmarks/bench_shared_cpu.py):
+    importing electra_fast before torch (the command does) makes them sleep, unless OMP_WAIT_POLICY is set."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+
+    def policy(code, **extra):
+        return subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                              env={**env, **extra}, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert policy("import electra_fast") == "PASSIVE"
+    assert policy("import electra_fast", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy("import torch, electra_fast") == "None"  # too late to matter: nothing is changed

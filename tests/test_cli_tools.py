@@ -1,8 +1,12 @@
 """The parity and bench sub-commands."""
 
 
+from pathlib import Path
+
 from electra_fast.bench import find_benchmarks
 from electra_fast.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_parity_reports_every_op_within_tolerance(capsys):
@@ -11,6 +15,7 @@ def test_parity_reports_every_op_within_tolerance(capsys):
     for op in ("mask_tokens", "generator", "rtd", "attention"):
         assert op in out
     assert "FAIL" not in out
+    assert out.strip().splitlines()[-1].startswith("parity: ok: all ")
 
 
 def test_parity_rejects_unknown_ops():
@@ -21,8 +26,6 @@ def test_parity_rejects_unknown_ops():
 
 
 def test_bench_finds_the_suites_of_this_checkout(tmp_path):
-    from pathlib import Path
-
     suites = find_benchmarks(Path(__file__).resolve().parent)
     assert suites is not None and (suites / "report.py").exists()
 
@@ -34,3 +37,19 @@ def test_bench_runs_a_suite_and_writes_the_table(tmp_path):
     assert cli(["bench", "--out", str(tmp_path), "-k", "test_masking and reference and 32x128"]) == 0
     table = (tmp_path / "benchmarks.md").read_text()
     assert "## mask_tokens" in table and "reference" in table
+    assert not (REPO / ".benchmarks").exists()  # pytest-benchmark's storage went to --out
+
+
+def test_running_the_tests_leaves_no_benchmarks_folder():
+    assert not (REPO / ".benchmarks").exists() and not (Path.cwd() / ".benchmarks").exists()
+
+
+def test_bench_and_inspect_help_say_what_they_do(capsys):
+    import pytest
+
+    from electra_fast.cli import main as cli
+
+    for command, words in [("bench", "source checkout"), ("inspect", "Triton interpreter")]:
+        with pytest.raises(SystemExit):
+            cli([command, "--help"])
+        assert words in " ".join(capsys.readouterr().out.split()), command

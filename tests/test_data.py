@@ -189,3 +189,9 @@ def test_tokenizer_without_mask_token_is_rejected(tmp_path):
         load_tokenizer(str(tmp_path / "no-mask"))
     with pytest.raises(UserInputError, match="no such file"):
         load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_a_data_file_that_cannot_be_opened_is_named(tmp_path):
+    """As PermissionError for another user (root reads anything, so the test opens a directory)."""
+    with pytest.raises(UserInputError, match=f"cannot read {tmp_path}: Is a directory"):
+        data.check_first_records(tmp_path, "text")
