@@ -33,7 +33,10 @@ SETTINGS = {
     "electra_fast first": ({}, True),
     "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
     "OMP_NUM_THREADS=1": ({"OMP_NUM_THREADS": "1"}, False),
+    "GOMP_SPINCOUNT=1000": ({"GOMP_SPINCOUNT": "1000"}, False),
+    "GOMP_SPINCOUNT=3000": ({"GOMP_SPINCOUNT": "3000"}, False),
     "GOMP_SPINCOUNT=10000": ({"GOMP_SPINCOUNT": "10000"}, False),
+    "GOMP_SPINCOUNT=100000": ({"GOMP_SPINCOUNT": "100000"}, False),
 }
 BASELINE = "torch's default"
 

@@ -3,14 +3,15 @@
 import os
 import sys
 
-# On a CPU that other processes also use, OpenMP threads that spin while they wait for each other (the default)
-# take a shared core from the thread that has work: on a 2-core machine with one core busy, a tiny step took 5.7x
-# its idle time, and 1.7-2.0x with threads that sleep instead, which cost 20-40 % on the idle machine
-# (benchmarks/bench_shared_cpu.py, results in benchmarks/results/2026-12-05-cpu-shared*). OpenMP reads this
-# when torch loads it, so it applies where electra_fast is imported first (the electra-fast command, python -m
-# electra_fast); a wait policy or spin count already set is left as it is.
+# On a CPU that other processes also use, OpenMP threads that spin while they wait for each other (libgomp's
+# default: 300,000 spins) take a shared core from the thread that has work: on a 2-core machine with one core
+# busy, a tiny step took 6-8x its idle time. Threads that spin 3,000 times, then sleep, took 2.1x, for about 7 %
+# on the idle machine; sleeping at once (OMP_WAIT_POLICY=PASSIVE) 1.9x for 27 % (benchmarks/bench_shared_cpu.py,
+# benchmarks/results/2026-12-05-cpu-shared*). OpenMP reads this when torch loads it, so it applies where
+# electra_fast is imported first (the electra-fast command, python -m electra_fast); a wait policy or spin
+# count already set is left as it is.
 if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "3000"
 
 from .backend import use_backend  # noqa: E402
 from .hf_trainer import DataCollatorForElectra, ElectraMetricsCallback  # noqa: E402

@@ -513,15 +513,17 @@ def test_save_every_defaults_to_saving_during_a_readme_sized_run():
     assert save_interval(PretrainConfig(steps=300, save_every=7)) == 7
 
 
-def test_the_command_lets_waiting_openmp_threads_sleep():
+def test_the_command_bounds_how_long_waiting_openmp_threads_spin():
     """Spinning OpenMP threads take a shared CPU from the threads that have work (benchmarks/bench_shared_cpu.py):
-    importing electra_fast before torch (the command does) makes them sleep, unless OMP_WAIT_POLICY is set."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    importing electra_fast before torch (the command does) lets them spin 3,000 times, then sleep, unless a
+    wait policy or spin count of the user's is set."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
-    def policy(code, **extra):
-        return subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+    def spin_count(code, **extra):
+        return subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('GOMP_SPINCOUNT'))"],
                               env={**env, **extra}, capture_output=True, text=True, check=True).stdout.strip()
 
-    assert policy("import electra_fast") == "PASSIVE"
-    assert policy("import electra_fast", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-    assert policy("import torch, electra_fast") == "None"  # too late to matter: nothing is changed
+    assert spin_count("import electra_fast") == "3000"
+    assert spin_count("import electra_fast", GOMP_SPINCOUNT="50") == "50"
+    assert spin_count("import electra_fast", OMP_WAIT_POLICY="PASSIVE") == "None"  # the user's policy decides
+    assert spin_count("import torch, electra_fast") == "None"  # too late to matter: nothing is changed
