@@ -321,6 +321,23 @@ def _leave_signals_to_the_parent() -> None:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent while it forked this worker
+
+
+_STOP_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)}
+
+
+def _fork_pool(workers: int):
+    """A pool of ``workers`` forked processes. The stop signals are held back while it forks: one that arrived
+    inside the fork's at-fork hooks (logging's lock release) would be printed with a traceback and ignored there;
+    held back, it is delivered right after, to the run's own handler."""
+    import multiprocessing
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_the_parent)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iterator:
@@ -332,12 +349,11 @@ def map_blocks(function: Callable, blocks: Iterable[list], workers: int) -> Iter
             yield function(index, block)
         return
     import collections
-    import multiprocessing
 
     # A tokenizer that ran its own thread pool before a fork warns in every child; the workers are the parallelism.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _worker_state["function"] = function
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_the_parent) as pool:
+    with _fork_pool(workers) as pool:
         in_flight: collections.deque = collections.deque()
         for index, block in enumerate(blocks):
             in_flight.append(pool.apply_async(_call_in_worker, ((index, block),)))

@@ -35,7 +35,23 @@ def parse_duration(text: str) -> float:
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
-class InterruptFlag:
+class _StopSignalHandler:
+    """Within ``with``, the stop signals call ``self._handle(signum, frame)`` (in the main thread; elsewhere
+    Python cannot install handlers); the previous handlers come back on exit."""
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+
+
+class InterruptFlag(_StopSignalHandler):
     """Turns the first stop signal into a request to stop after the current step (and save); a second Ctrl-C
     interrupts at once (a repeated SIGTERM or SIGUSR1 does not: the save must finish)."""
 
@@ -43,13 +59,6 @@ class InterruptFlag:
         self.requested = False
         self.timed_out = False  # set by the loop when --max-time is reached
         self.signal_number: Optional[int] = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -61,10 +70,6 @@ class InterruptFlag:
         how = "Ctrl-C again to quit without saving" if signum == signal.SIGINT else "then exit"
         sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint ({how})\n")
 
-    def __exit__(self, *exc):
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-
 
 class SetupStopped(BaseException):
     """A stop signal that arrived before the training loop (or after it): nothing to finish, so the run ends."""
@@ -74,7 +79,7 @@ class SetupStopped(BaseException):
         self.signal_number = signal_number
 
 
-class SetupSignals:
+class SetupSignals(_StopSignalHandler):
     """Outside the training loop (whose InterruptFlag finishes the step and saves), a stop signal ends the run at
     once by raising SetupStopped; ``stage`` says what the run was doing, for the message that says what was
     kept."""
@@ -82,7 +87,6 @@ class SetupSignals:
     def __init__(self):
         self.stage = "starting"
         self.signal_number: Optional[int] = None
-        self._previous = {}
 
     def enter(self, stage: str) -> None:
         """The run now does ``stage``. A signal whose exception was lost (raised while a finaliser ran, which
@@ -91,12 +95,6 @@ class SetupSignals:
             raise SetupStopped(self.signal_number)
         self.stage = stage
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
     def _handle(self, signum, frame):
         self.signal_number = signum
         while frame is not None:  # in a finaliser, Python would print the exception and ignore it: enter() raises
@@ -104,7 +102,3 @@ class SetupSignals:
                 return
             frame = frame.f_back
         raise SetupStopped(signum)
-
-    def __exit__(self, *exc):
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
