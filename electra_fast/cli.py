@@ -187,8 +187,10 @@ def add_pretrain_command(commands) -> None:
 
 def add_packing_arguments(group, defaults, workers_flag: str = "--prepare-workers") -> None:
     """The flags that decide the prepared rows (shared by ``pretrain`` and ``prepare-data``)."""
+    from .data import PACKINGS
+
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per sequence")
-    group.add_argument("--packing", choices=("full", "documents"), default=defaults.packing,
+    group.add_argument("--packing", choices=PACKINGS, default=defaults.packing,
                        help="full: every sequence filled across document boundaries, each segment starting at a "
                        "line; documents: the official packing, a document's end ends the sequence")
     group.add_argument(workers_flag, dest="prepare_workers", type=int,

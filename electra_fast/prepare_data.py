@@ -130,10 +130,11 @@ def prepared_cache(corpus, tokenizer, directory: Path, *, max_length: int, packi
                          seed=seed)
     if is_prepared(directory):
         try:
-            if PreparedData(directory).manifest.get("fingerprint") == wanted:
-                return PreparedData(directory)
+            cached = PreparedData(directory)
         except UserInputError:  # another format version: prepared again below
-            pass
+            cached = None
+        if cached is not None and cached.manifest.get("fingerprint") == wanted:
+            return cached
     log(f"preparing the corpus (tokenize and pack, {workers} workers) into {directory}")
     return prepare(corpus, tokenizer, directory, max_length=max_length, packing=packing, eval_fraction=eval_fraction,
                    workers=workers, seed=seed, log=log)

@@ -275,7 +275,7 @@ class Run:
         self.step = 0
         if state is not None:
             self._resume(resume_path, state)
-        self.pending: list = []  # (step, metrics on the device, tokens, lr, skipped on the device) not yet written
+        self.pending: list = []  # (step, [metrics, grad norm, skipped] on the device, tokens, lr) not yet written
         self.bad_in_a_row = 0  # trailing skipped steps, as of the last flush
         self.last_step_skipped = False
         self.last_flush = time.perf_counter()
@@ -404,13 +404,13 @@ class Run:
         if not self.pending:
             return
         now = time.perf_counter()
+        # One read for the metrics and the skipped flag (the last column; the same on every process).
         values = distributed.mean_across_ranks(torch.stack([row[1] for row in self.pending])).tolist()
-        skipped_flags = torch.stack([row[4] for row in self.pending]).tolist()
         tokens = torch.tensor([row[2] for row in self.pending], device=self.device)
         tokens = distributed.sum_across_ranks(tokens).tolist()
         tokens_per_second = sum(tokens) / max(now - self.last_flush, 1e-9)
-        rows = [(step, step_tokens, lr, bool(skipped))
-                for (step, _, _, lr, _), step_tokens, skipped in zip(self.pending, tokens, skipped_flags)]
+        rows = [(step, step_tokens, lr, bool(row[-1]))
+                for (step, _, _, lr), step_tokens, row in zip(self.pending, tokens, values)]
         self.pending.clear()
         self.last_flush = now
         for step, _, _, skipped in rows:
@@ -474,8 +474,8 @@ class Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.pending.append((self.step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None]]),
-                             tokens, lr, skipped))
+        self.pending.append((self.step, torch.cat([step_metrics / config.grad_accum, grad_norm.float()[None],
+                                                   skipped.float()[None]]), tokens, lr))
 
     def train(self, after_step, started: Optional[float] = None) -> PretrainResult:
         """The loop and the end of the run; --max-time counts from ``started`` (time.monotonic(); default now)."""
