@@ -15,6 +15,8 @@ from electra_fast import reference
 from electra_fast.backend import use_triton
 from electra_fast.fused import generator_head as fused
 
+from numerics import max_error
+
 
 def make_inputs(M, V, E, *, dtype=torch.float32, bias=True, device="cpu", seed=0, zero_rows=()):
     generator = torch.Generator().manual_seed(seed)
@@ -60,10 +62,6 @@ def torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype):
     loss = (nll * row_weights).sum() / row_weights.sum().clamp_min(1)
     loss.backward()
     return loss.detach(), (h.grad, w.grad, None if b is None else b.grad)
-
-
-def max_error(value, truth):
-    return (value.double() - truth.double()).abs().max().item()
 
 
 def assert_close_to_fp64(loss, grads, truth_loss, truth_grads, rel=1e-5):

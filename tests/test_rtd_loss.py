@@ -16,6 +16,8 @@ from electra_fast import reference
 from electra_fast.fused import rtd_loss as fused
 from electra_fast.kernels import rtd_loss as kernels
 
+from numerics import assert_parity, assert_reduction_parity
+
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 DTYPES = (torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu))
 PARAMETER_NAMES = ("hidden", "dense_weight", "dense_bias", "prediction_weight", "prediction_bias")
@@ -89,46 +91,6 @@ def ground_truth_fp64(hidden, dense_weight, dense_bias, prediction_weight, predi
     per_token = F.binary_cross_entropy_with_logits(logits, labels.double(), reduction="none")
     loss = (per_token * valid).sum() / valid.sum().clamp(min=1)
     return reference.RTDOutput(loss, logits, labels, None, None, None, None)
-
-
-def max_error(value, truth):
-    return (value.double() - truth.double()).abs().max().item()
-
-
-def assert_parity(kernel, torch_same_dtype, truth, what):
-    """docs/design.md §5: the kernel's error against fp64 is at most twice PyTorch's in the same dtype, plus slack.
-
-    The slack is one unit in the last place of the output's dtype at the output's scale (at least 1e-5
-    relative): rounding the result to that dtype is unavoidable, and for a scalar (a bias gradient, the
-    loss) PyTorch's error can happen to be almost zero.
-    """
-    scale = truth.double().abs().max().item()
-    kernel_error = max_error(kernel, truth)
-    torch_error = max_error(torch_same_dtype, truth)
-    slack = max(torch.finfo(kernel.dtype).eps, 1e-5) * scale + 1e-7
-    assert math.isfinite(kernel_error), what
-    assert kernel_error <= 2 * torch_error + slack, (
-        f"{what}: kernel error {kernel_error:.3g} vs PyTorch error {torch_error:.3g} (scale {scale:.3g})"
-    )
-
-
-def assert_reduction_parity(kernel, torch_logits, truth_logits, valid, slope, truth, what):
-    """docs/design.md §5 for a mean over the valid tokens of a function of each token's logit with slope <= ``slope``
-    (the BCE loss: 1; its gradient in the prediction bias: 1/4).
-
-    Its error is at most ``slope`` times the mean logit error, plus rounding the mean. How much of PyTorch's
-    per-token error happens to cancel in its own mean depends on its matmul's rounding order, which differs
-    between CPUs; so the kernel's error is held to twice what PyTorch's per-token errors allow, on the same
-    inputs, plus one unit in the last place of the result's dtype.
-    """
-    per_token_error = (torch_logits.double() - truth_logits.double()).abs()[valid].mean().item()
-    scale = truth.double().abs().max().item()
-    slack = max(torch.finfo(kernel.dtype).eps, 1e-5) * scale + 1e-7
-    kernel_error = max_error(kernel, truth)
-    assert math.isfinite(kernel_error), what
-    assert kernel_error <= 2 * slope * per_token_error + slack, (
-        f"{what}: kernel error {kernel_error:.3g} vs {slope} x PyTorch's mean logit error {per_token_error:.3g}"
-    )
 
 
 def check_against_truth(params, corrupted, original, mask, activation, dtype, grad_logits=None):
