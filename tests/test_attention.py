@@ -17,6 +17,8 @@ from electra_fast.fused import attention as fused_attention
 from electra_fast.hf_attention import layer_seed
 from electra_fast.kernels import attention as attention_kernels
 
+from numerics import assert_parity
+
 # The dtype the kernels run the parity tests in: fp32 under the interpreter; fp16 on a GPU, where fp32 runs the
 # reference by design. TOLERANCE scales the fp32 tolerances to fp16 rounding.
 GPU = torch.cuda.is_available()
@@ -113,9 +115,7 @@ def test_16_bit_error_within_twice_pytorch_error(device, dtype):
     real_rows = mask[:, None, :, None]  # padded query rows are not compared (HF's 16-bit mask is finite there)
     for name, ours, theirs, exact in zip(("out", "dq", "dk", "dv"), kernel, pytorch_same_dtype, truth):
         rows = real_rows if name in ("out", "dq") else torch.ones_like(real_rows)
-        our_error = ((ours.double() - exact) * rows).abs().max().item()
-        their_error = ((theirs.double() - exact) * rows).abs().max().item()
-        assert our_error <= 2 * their_error + 1e-4, f"{name}: {our_error:.3g} vs PyTorch {dtype} {their_error:.3g}"
+        assert_parity(ours, theirs, exact, f"{name} ({dtype})", slack=1e-4, where=rows)
 
 
 def test_matches_transformers_eager_attention_with_4d_additive_mask(device):
@@ -296,7 +296,7 @@ def test_bf16_on_gpu_within_twice_pytorch_error(device):
         ~mask[:, None, None, :], torch.finfo(torch.bfloat16).min)
     theirs = eager_attention_forward(torch.nn.Module().eval(), q, k, v, additive)[0].transpose(1, 2)
     ours = ef.attention(q, k, v, mask, dropout_p=0.0)
-    assert (ours.double() - truth).abs().max() <= 2 * (theirs.double() - truth).abs().max() + 1e-3
+    assert_parity(ours, theirs, truth, "out (bf16)", slack=1e-3)
 
 
 def test_transformers_masks_become_key_masks_when_they_only_vary_over_keys():
