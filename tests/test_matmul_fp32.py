@@ -15,6 +15,8 @@ import torch
 
 from electra_fast.fused import generator_head as fused
 
+from numerics import assert_parity
+
 REAL_MM, REAL_ADDMM = torch.mm, torch.addmm
 
 
@@ -134,3 +136,27 @@ def test_cpu_tensors_never_try_out_dtype(monkeypatch):
         a, b = operands(5, dtype)
         assert torch.equal(fused._matmul_fp32(a, b), upcast(a, b))
     assert tried == [] and fused._fp32_output_probes == {}
+
+
+@pytest.mark.gpu_check
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_takes_the_fp32_output_gemms(monkeypatch, dtype):
+    """On the GPU, the path no CPU can run: both probes pass, no call is refused, and the fp32 results are as
+    close to fp64 as the upcast product's (2x its error, plus 1e-6 of the scale)."""
+    monkeypatch.setattr(fused, "_fp32_output_probes", {})
+    monkeypatch.setattr(fused, "_warned_refusals", set())
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randn(300, 768, generator=generator).to("cuda", dtype)
+    b = (torch.randn(768, 1000, generator=generator) * 768**-0.5).to("cuda", dtype)
+    start = torch.randn(300, 1000, generator=generator).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refusal warns: here it fails the test
+        product = fused._matmul_fp32(a, b)
+        added = fused._matmul_fp32(a, b, out=start.clone())
+    assert list(fused._fp32_output_probes.values()) == [None, None]
+    assert product.dtype == added.dtype == torch.float32
+    truth = a.double() @ b.double()
+    scale = truth.abs().max().item()
+    assert_parity(product, upcast(a, b), truth, "mm", slack=1e-6 * scale, negative=True)
+    assert_parity(added, upcast(a, b, start), truth + start.double(), "addmm", slack=1e-6 * scale, negative=True)
