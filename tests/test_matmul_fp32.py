@@ -21,11 +21,16 @@ REAL_MM, REAL_ADDMM = torch.mm, torch.addmm
 
 
 @pytest.fixture
-def cuda_branch_on_cpu(monkeypatch):
-    """Fresh probe and warning records, the out_dtype branch taken for 16-bit CPU tensors, and a log of every
-    out_dtype call as (op, dtype, rows)."""
+def fresh_records(monkeypatch):
+    """No probe answered and no refusal warned yet in this test."""
     monkeypatch.setattr(fused, "_fp32_output_probes", {})
     monkeypatch.setattr(fused, "_warned_refusals", set())
+
+
+@pytest.fixture
+def cuda_branch_on_cpu(monkeypatch, fresh_records):
+    """The out_dtype branch taken for 16-bit CPU tensors, and a log of every out_dtype call as (op, dtype,
+    rows)."""
     monkeypatch.setattr(fused, "_wants_fp32_output_gemm", lambda a: a.dtype != torch.float32)
     calls = []
 
@@ -68,18 +73,24 @@ def refusal_warnings(record):
     return [w for w in record if issubclass(w.category, RuntimeWarning) and "refused" in str(w.message)]
 
 
-def test_a_refused_key_upcasts_warns_once_and_leaves_other_keys_on_the_fast_path(cuda_branch_on_cpu):
-    calls = cuda_branch_on_cpu
+def mm_and_addmm_are_right(dtype, seeds):
+    """Per seed, _matmul_fp32 without and with ``out``: the upcast product bit for bit. Returns the refusal
+    warnings they gave."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        # fp16: CPU torch refuses mm and addmm with out_dtype; the results are the upcast ones, bit for bit.
-        for seed in range(3):
-            a, b = operands(5, torch.float16, seed)
+        for seed in seeds:
+            a, b = operands(5, dtype, seed)
             assert torch.equal(fused._matmul_fp32(a, b), upcast(a, b))
             out = torch.randn(5, 9)
             expected = upcast(a, b, out)
             assert fused._matmul_fp32(a, b, out=out) is out and torch.equal(out, expected)
-    fp16 = refusal_warnings(record)
+    return refusal_warnings(record)
+
+
+def test_a_refused_key_upcasts_warns_once_and_leaves_other_keys_on_the_fast_path(cuda_branch_on_cpu):
+    calls = cuda_branch_on_cpu
+    # fp16: CPU torch refuses mm and addmm with out_dtype; the results are the upcast ones.
+    fp16 = mm_and_addmm_are_right(torch.float16, range(3))
     assert len(fp16) == 2, [str(w.message) for w in fp16]  # one per refused (op, key), not one per call
     assert {"mm", "addmm"} == {str(w.message).split("(")[1].split(" ")[0] for w in fp16}
     assert all("float16" in str(w.message) for w in fp16)
@@ -87,15 +98,7 @@ def test_a_refused_key_upcasts_warns_once_and_leaves_other_keys_on_the_fast_path
 
     # bf16 after those refusals: another key, so the fast path is probed and taken, call after call.
     calls.clear()
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        for seed in range(2):
-            a, b = operands(5, torch.bfloat16, seed)
-            assert torch.equal(fused._matmul_fp32(a, b), upcast(a, b))
-            out = torch.randn(5, 9)
-            expected = upcast(a, b, out)
-            assert fused._matmul_fp32(a, b, out=out) is out and torch.equal(out, expected)
-    assert refusal_warnings(record) == []
+    assert mm_and_addmm_are_right(torch.bfloat16, range(2)) == []
     assert calls == [("mm", torch.bfloat16, 16), ("mm", torch.bfloat16, 5), ("addmm", torch.bfloat16, 16),
                      ("addmm", torch.bfloat16, 5), ("mm", torch.bfloat16, 5), ("addmm", torch.bfloat16, 5)]
 
@@ -127,9 +130,8 @@ def test_out_of_memory_is_not_taken_for_a_refusal(cuda_branch_on_cpu, monkeypatc
         fused._matmul_fp32(*operands(5, torch.bfloat16))
 
 
-def test_cpu_tensors_never_try_out_dtype(monkeypatch):
+def test_cpu_tensors_never_try_out_dtype(monkeypatch, fresh_records):
     """The real predicate: CPU tensors, whatever their dtype, go straight to the upcast product, unprobed."""
-    monkeypatch.setattr(fused, "_fp32_output_probes", {})
     tried = []
     monkeypatch.setattr(fused, "_fp32_output_gemm", lambda *args: tried.append(args))
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -141,11 +143,9 @@ def test_cpu_tensors_never_try_out_dtype(monkeypatch):
 @pytest.mark.gpu_check
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_takes_the_fp32_output_gemms(monkeypatch, dtype):
+def test_cuda_takes_the_fp32_output_gemms(fresh_records, dtype):
     """On the GPU, the path no CPU can run: both probes pass, no call is refused, and the fp32 results are as
     close to fp64 as the upcast product's (2x its error, plus 1e-6 of the scale)."""
-    monkeypatch.setattr(fused, "_fp32_output_probes", {})
-    monkeypatch.setattr(fused, "_warned_refusals", set())
     generator = torch.Generator().manual_seed(5)
     a = torch.randn(300, 768, generator=generator).to("cuda", dtype)
     b = (torch.randn(768, 1000, generator=generator) * 768**-0.5).to("cuda", dtype)
