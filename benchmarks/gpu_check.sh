@@ -9,7 +9,8 @@
 #   machine           30 s  nvidia-smi and versions; bf16 matmul TFLOP/s and copy GB/s (benchmarks/peaks.py):
 #                           every roofline in the report uses these measured peaks
 #   correctness       90 s  tests -m gpu_check on CUDA: each kernel in fp16 and bf16 against fp64 (2x PyTorch's
-#                           error), random bits against the reference, one whole fused step against the reference
+#                           error), random bits against the reference, one whole fused step against the reference,
+#                           the chunked head's fp32-output GEMMs taken (not refused)
 #   step             150 s  bench_step.py at base size, bf16, 64 x 128 and 16 x 512: electra-fast against the HF
 #                           recipe (s/step, sequences/s, peak memory), one profiled step (share per fused op),
 #                           then each under torch.compile
@@ -88,7 +89,8 @@ fi
 stage machine bash -c machine
 # In the order of what matters: the whole step first (it runs every kernel), then each kernel, then the draws.
 stage correctness "$py" -m pytest -p pytest_rows -m gpu_check -q -p no:cacheprovider -rfE tests/test_pretrainer.py \
-    tests/test_generator_head.py tests/test_attention.py tests/test_rtd_loss.py tests/test_masking.py tests/test_rng.py
+    tests/test_generator_head.py tests/test_matmul_fp32.py tests/test_attention.py tests/test_rtd_loss.py \
+    tests/test_masking.py tests/test_rng.py
 # Each benchmark case is a row the moment it is measured.
 for suite in step generator_head attention rtd_loss masking; do
     stage "$suite" "$py" -m pytest "benchmarks/bench_$suite.py" -q -p no:cacheprovider -rfE

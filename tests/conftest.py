@@ -29,6 +29,14 @@ def float_dtypes():
     return (torch.float32, torch.float16, torch.bfloat16) if GPU else (torch.float32, torch.float16)
 
 
+@pytest.fixture
+def cpu_path(monkeypatch):
+    """Ops on CPU tensors take the CPU path, as on a machine where Triton does not run on the CPU (not the
+    interpreter, which this file turns on)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("ELECTRA_FAST_BACKEND", "auto")
+
+
 def pytest_configure(config):
     # pytest-benchmark makes its storage folder, ./.benchmarks, when it starts (its configure runs last); the tests
     # time nothing, so it goes to the temporary directory instead of the working directory.

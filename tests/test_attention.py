@@ -12,10 +12,12 @@ from transformers.models.electra.modeling_electra import eager_attention_forward
 
 import electra_fast as ef
 from electra_fast import ops, reference, rng
-from electra_fast.backend import use_backend
+from electra_fast.backend import use_backend, use_triton
 from electra_fast.fused import attention as fused_attention
 from electra_fast.hf_attention import layer_seed
 from electra_fast.kernels import attention as attention_kernels
+
+from numerics import assert_parity
 
 # The dtype the kernels run the parity tests in: fp32 under the interpreter; fp16 on a GPU, where fp32 runs the
 # reference by design. TOLERANCE scales the fp32 tolerances to fp16 rounding.
@@ -41,12 +43,33 @@ def with_grad(*tensors):
     return [t.detach().clone().requires_grad_() for t in tensors]
 
 
-def oracle_fp64(q, k, v, key_mask, scale):
-    """Independent ground truth: softmax attention in fp64, rows without keys give 0."""
+def oracle_fp64(q, k, v, key_mask, scale, keep=None, dropout_p=0.0):
+    """Independent ground truth: softmax attention in fp64, rows without keys give 0; with ``keep`` (a bool
+    [B, heads, Lq, Lk] mask), the kept probabilities scaled by 1 / (1 - dropout_p)."""
     scores = (q.double() @ k.double().transpose(-1, -2)) * scale
     scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    if keep is not None:
+        probs = probs * keep / (1.0 - dropout_p)
     return probs @ v.double()
+
+
+def eager_same_dtype(q, k, v, key_mask, scale, keep=None, dropout_p=0.0):
+    """PyTorch's own attention in q's dtype: transformers' eager attention, written out when there is dropout so
+    that it drops by ``keep`` (in q's dtype, as nn.functional.dropout scales)."""
+    additive = torch.zeros(key_mask.shape[0], 1, 1, key_mask.shape[1], device=q.device, dtype=q.dtype).masked_fill(
+        ~key_mask[:, None, None, :], torch.finfo(q.dtype).min
+    )
+    if keep is None:
+        return eager_attention_forward(torch.nn.Module().eval(), q, k, v, additive, scaling=scale)[0].transpose(1, 2)
+    weights = torch.softmax(q @ k.transpose(2, 3) * scale + additive, dim=-1, dtype=torch.float32).to(q.dtype)
+    return (weights * keep.to(q.dtype) / (1.0 - dropout_p)) @ v
+
+
+def dropout_keep(seed, shape, dropout_p, device):
+    """The keep mask every implementation draws (docs/design.md §4.2), from the reference's Philox."""
+    index = torch.arange(math.prod(shape), device=device).view(shape)
+    return rng.draw_uniform(seed, rng.Stream.ATTENTION_DROPOUT, index) >= dropout_p
 
 
 def run_with_grads(fn, q, k, v, grad_out):
@@ -113,9 +136,7 @@ def test_16_bit_error_within_twice_pytorch_error(device, dtype):
     real_rows = mask[:, None, :, None]  # padded query rows are not compared (HF's 16-bit mask is finite there)
     for name, ours, theirs, exact in zip(("out", "dq", "dk", "dv"), kernel, pytorch_same_dtype, truth):
         rows = real_rows if name in ("out", "dq") else torch.ones_like(real_rows)
-        our_error = ((ours.double() - exact) * rows).abs().max().item()
-        their_error = ((theirs.double() - exact) * rows).abs().max().item()
-        assert our_error <= 2 * their_error + 1e-4, f"{name}: {our_error:.3g} vs PyTorch {dtype} {their_error:.3g}"
+        assert_parity(ours, theirs, exact, f"{name} ({dtype})", slack=1e-4, where=rows, negative=True)
 
 
 def test_matches_transformers_eager_attention_with_4d_additive_mask(device):
@@ -296,7 +317,62 @@ def test_bf16_on_gpu_within_twice_pytorch_error(device):
         ~mask[:, None, None, :], torch.finfo(torch.bfloat16).min)
     theirs = eager_attention_forward(torch.nn.Module().eval(), q, k, v, additive)[0].transpose(1, 2)
     ours = ef.attention(q, k, v, mask, dropout_p=0.0)
-    assert (ours.double() - truth).abs().max() <= 2 * (theirs.double() - truth).abs().max() + 1e-3
+    assert_parity(ours, theirs, truth, "out (bf16)", slack=1e-3, negative=True)
+
+
+def check_bf16(device, attention, head_dim=64, dropout_p=0.0, seed=21):
+    """``attention(q, k, v, key_mask, dropout_p=, seed=)`` in bf16 (lengths 77, 50 and 9 of 77): output and
+    gradients against fp64 within 2x PyTorch's own bf16 error (docs/design.md §5.4), dropping by the same keep
+    mask as the truth; each check is also shown to reject a wrong result."""
+    batch, heads, length = 3, 2, 77
+    q, k, v = projections(batch, heads, length, head_dim, torch.bfloat16, device, seed=head_dim)
+    mask = right_padding([77, 50, 9], length, device)
+    scale = head_dim**-0.5
+    keep = dropout_keep(seed, (batch, heads, length, length), dropout_p, device) if dropout_p else None
+    real_rows = mask[:, None, :, None]  # padded query rows are not compared (HF's 16-bit mask is finite there)
+    grad_out = torch.randn(batch, heads, length, head_dim, generator=torch.Generator().manual_seed(4)).to(device)
+    grad_out = grad_out * real_rows  # nor do they reach dk, dv (a packed batch has no such rows)
+    truth = run_with_grads(lambda *t: oracle_fp64(*t, mask, scale, keep, dropout_p), q.double(), k.double(),
+                           v.double(), grad_out)
+    theirs = run_with_grads(lambda *t: eager_same_dtype(*t, mask, scale, keep, dropout_p), q, k, v, grad_out)
+    ours = run_with_grads(lambda *t: attention(*t, mask, dropout_p=dropout_p, seed=seed), q, k, v, grad_out)
+    for name, value, same_dtype, exact in zip(("out", "dq", "dk", "dv"), ours, theirs, truth):
+        assert value.dtype == torch.bfloat16, name
+        rows = real_rows if name in ("out", "dq") else None
+        assert_parity(value, same_dtype, exact, f"{name} (bf16)", slack=1e-4, where=rows, negative=True)
+
+
+def varlen_as_padded(q, k, v, key_mask, **options):
+    """ef.attention_varlen on the real tokens of a right-padded batch, its output padded back with zeros."""
+    lengths = key_mask.sum(1)
+    cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
+    packed = ef.attention_varlen(*(t.transpose(1, 2)[key_mask] for t in (q, k, v)), cu_seqlens, q.shape[2],
+                                 **options)
+    out = packed.new_zeros(q.shape[0], q.shape[2], *packed.shape[1:]).index_put((key_mask,), packed)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.gpu_check
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim, varlen", [(64, False), (128, False), (64, True)])
+def test_bf16_with_dropout_head_dims_and_varlen_on_gpu(device, head_dim, varlen):
+    """The bf16 kernels the other bf16 tests leave out: dropout (ELECTRA's 0.1) in the forward, dq and dk/dv
+    kernels, head dim 128 (registered for bf16), packed batches."""
+    check_bf16(device, varlen_as_padded if varlen else ef.attention, head_dim, dropout_p=0.1)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("path", ["cpu path", "reference", "reference varlen"])
+def test_bf16_on_the_cpu_within_twice_pytorch_bf16(cpu_path, path, dropout_p):
+    """The CPU path (SDPA, or fp32 probabilities with dropout) and the reference take bf16 on the CPU under the
+    same rule; attention_varlen has no CPU path and runs the reference there."""
+    cpu = torch.device("cpu")
+    assert not use_triton(cpu)
+    if path == "cpu path":
+        check_bf16(cpu, ef.attention, dropout_p=dropout_p)
+    else:
+        with use_backend("reference"):
+            check_bf16(cpu, varlen_as_padded if path == "reference varlen" else ef.attention, dropout_p=dropout_p)
 
 
 def test_transformers_masks_become_key_masks_when_they_only_vary_over_keys():

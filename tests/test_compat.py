@@ -16,12 +16,7 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 
 from electra_fast import compat
 
-
-@pytest.fixture(autouse=True)
-def cpu_path(monkeypatch):
-    """The fast CPU path, not the Triton interpreter (tests/conftest.py turns that on)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("ELECTRA_FAST_BACKEND", "auto")
+pytestmark = pytest.mark.usefixtures("cpu_path")  # the fast CPU path, not the Triton interpreter (conftest.py)
 
 
 def readme_example(Electra):

@@ -18,14 +18,6 @@ from electra_fast.cpu import compiler
 from electra_fast.cpu import generator_head as cpu_head
 from electra_fast.cpu.draws import key_tensor, philox_first_word, uniform
 
-
-@pytest.fixture
-def cpu_path(monkeypatch):
-    """Ops on CPU tensors take the CPU path (as on a machine where Triton does not run on the CPU)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("ELECTRA_FAST_BACKEND", "auto")
-
-
 SEEDS = (0, 1, 2**32 - 1, 2**32 + 5, 2**62 + 12345, 2**63 - 1)
 
 

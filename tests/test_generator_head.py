@@ -15,6 +15,8 @@ from electra_fast import reference
 from electra_fast.backend import use_triton
 from electra_fast.fused import generator_head as fused
 
+from numerics import assert_parity, max_error
+
 
 def make_inputs(M, V, E, *, dtype=torch.float32, bias=True, device="cpu", seed=0, zero_rows=()):
     generator = torch.Generator().manual_seed(seed)
@@ -60,10 +62,6 @@ def torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype):
     loss = (nll * row_weights).sum() / row_weights.sum().clamp_min(1)
     loss.backward()
     return loss.detach(), (h.grad, w.grad, None if b is None else b.grad)
-
-
-def max_error(value, truth):
-    return (value.double() - truth.double()).abs().max().item()
 
 
 def assert_close_to_fp64(loss, grads, truth_loss, truth_grads, rel=1e-5):
@@ -200,15 +198,17 @@ def test_fp16_error_within_twice_pytorch_fp16(device, float_dtypes, strategy):
         for name, value, low_precision, truth in zip(
             ("loss", "dh", "dW", "db"), (loss, *grads), (torch_loss, *torch_grads), (truth_loss, *truth_grads)
         ):
-            slack = 1e-5 * truth.abs().max().item()
-            assert max_error(value, truth) <= 2 * max_error(low_precision, truth) + slack, (dtype, name)
+            assert_parity(value, low_precision, truth, f"{name} ({dtype})", slack=1e-5 * truth.abs().max().item(),
+                          negative=True)
 
 
 @pytest.mark.gpu_check
 @pytest.mark.gpu
-def test_bf16_and_large_vocabulary_on_gpu(device, strategy):
-    """Real sizes where the interpreter is too slow: V = 30522 (not a tile multiple), E = 768, bf16."""
-    inputs32 = make_inputs(19 * 16, 30522, 768, device=device, seed=12, zero_rows=(0, 5))
+@pytest.mark.parametrize("width", [128, 768])
+def test_bf16_and_large_vocabulary_on_gpu(device, strategy, width):
+    """Real sizes where the interpreter is too slow: V = 30522 (not a tile multiple), E of ELECTRA-Small and -Base
+    (the fused design's AOT-checked range, and beyond it), bf16."""
+    inputs32 = make_inputs(19 * 16, 30522, width, device=device, seed=12, zero_rows=(0, 5))
     for dtype in (torch.float32, torch.bfloat16):
         hidden, weight, bias = (t.to(dtype) for t in inputs32[:3])
         targets, weights = inputs32[3:]
@@ -222,8 +222,30 @@ def test_bf16_and_large_vocabulary_on_gpu(device, strategy):
         else:
             torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=dtype)
             results = zip((loss, *grads), (torch_loss, *torch_grads), (truth_loss, *truth_grads))
-            for value, low_precision, truth in results:
-                assert max_error(value, truth) <= 2 * max_error(low_precision, truth) + 1e-5 * truth.abs().max().item()
+            for name, (value, low_precision, truth) in zip(("loss", "dh", "dW", "db"), results):
+                assert_parity(value, low_precision, truth, name, slack=1e-5 * truth.abs().max().item(), negative=True)
+
+
+@pytest.mark.parametrize("path", ["cpu path", "reference"])
+def test_bf16_on_the_cpu_within_twice_pytorch_bf16(cpu_path, path):
+    """The CPU path and the reference take bf16 on the CPU (fp32 logits from the rounded inputs) under the same
+    rule as the kernels, against F.linear + F.cross_entropy in bf16; each check also rejects a wrong result."""
+    inputs32 = make_inputs(37, 203, 64, seed=10, zero_rows=(1,))
+    hidden, weight, bias = (t.to(torch.bfloat16) for t in inputs32[:3])
+    targets, weights = inputs32[3:]
+    assert not use_triton(hidden.device)
+    h, w, b = leaf(hidden), leaf(weight), leaf(bias)
+    with ef.use_backend("auto" if path == "cpu path" else "reference"):
+        loss, samples = ef.generator_loss_and_sample(h, w, b, targets, weights, seed=3)
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
+    assert torch.equal(samples, reference.generator_loss_and_sample(hidden, weight, bias, targets, weights, seed=3)[1])
+    truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.float64)
+    torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, targets, weights, dtype=torch.bfloat16)
+    results = zip(("loss", "dh", "dW", "db"), (loss, h.grad, w.grad, b.grad), (torch_loss, *torch_grads),
+                  (truth_loss, *truth_grads))
+    for name, value, low_precision, truth in results:
+        assert_parity(value, low_precision, truth, name, slack=1e-5 * truth.abs().max().item(), negative=True)
 
 
 # ---------------------------------------------------------------------------------------------- errors

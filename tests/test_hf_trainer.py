@@ -21,13 +21,6 @@ EXAMPLE_ARGS = ["--steps", "6", "--save-steps", "3", "--batch-size", "4", "--max
                 "--vocab-size", "1000", "--documents", "200"]
 
 
-@pytest.fixture
-def cpu_path(monkeypatch):
-    """The fast CPU path, not the Triton interpreter (tests/conftest.py turns that on)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("ELECTRA_FAST_BACKEND", "auto")
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     lines = ["the generator fills in masked tokens", "the discriminator spots the replaced ones",

@@ -93,22 +93,59 @@ generator_head_forward.register_autograd(_fused_backward, setup_context=_fused_s
 # ------------------------------------------------------------------------------------- chunked (GEMM library)
 
 
-_fp32_output_gemms = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) exists in this torch
+_HAS_FP32_OUTPUT_GEMMS = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) exists in this torch
+# Whether mm / addmm take out_dtype=float32, per (op, device type, dtype, CUDA capability): None, or why not.
+# Each key is probed once; one refusal never switches the other keys (or the whole process) to the upcast.
+_fp32_output_probes: dict = {}
+_warned_refusals: set = set()
+
+
+def _wants_fp32_output_gemm(a: torch.Tensor) -> bool:
+    """Whether a GEMM of ``a`` tries the library's 16-bit kernels with an fp32 result: 16-bit operands on CUDA,
+    in a torch that has them. (A predicate of its own so that tests can send CPU tensors down this branch.)"""
+    return _HAS_FP32_OUTPUT_GEMMS and a.is_cuda and a.dtype != torch.float32
+
+
+def _fp32_output_gemm(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    if out is None:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+
+
+def _fp32_output_refusal(op: str, a: torch.Tensor) -> Optional[str]:
+    """None where ``op`` ("mm" or "addmm") takes a's dtype with out_dtype=float32 on a's device, else the
+    refusal: learnt once per (op, device type, dtype, capability) from 16 x 16 operands, not from a real call
+    (whose failure may be its own: its shape, its memory)."""
+    capability = torch.cuda.get_device_capability(a.device) if a.is_cuda else None
+    key = (op, a.device.type, a.dtype, capability)
+    if key not in _fp32_output_probes:
+        probe = torch.ones(16, 16, dtype=a.dtype, device=a.device)
+        try:
+            _fp32_output_gemm(probe, probe, None if op == "mm" else torch.zeros(16, 16, device=a.device))
+            _fp32_output_probes[key] = None
+        except (RuntimeError, TypeError) as error:
+            _fp32_output_probes[key] = f"{op} with out_dtype=float32 on {a.device.type} {a.dtype}: {error}"
+    return _fp32_output_probes[key]
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """a @ b with fp32 accumulation and an fp32 result (added into ``out`` when given): 16-bit operands run the
-    GEMM library's 16-bit kernels with an fp32 output on CUDA (``out_dtype``), and are upcast elsewhere."""
-    global _fp32_output_gemms
-    if a.dtype != torch.float32 and a.is_cuda and _fp32_output_gemms:
-        try:
-            if out is None:
-                return torch.mm(a, b, out_dtype=torch.float32)
-            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-        except (RuntimeError, TypeError) as error:  # an older torch or GPU without them: upcast (slower)
-            _fp32_output_gemms = False  # warn once, then upcast every time
-            warnings.warn(f"electra-fast: the chunked generator head's 16-bit GEMMs with an fp32 result failed "
-                          f"({error}); it upcasts their operands instead (same results, slower)", RuntimeWarning)
+    GEMM library's 16-bit kernels with an fp32 output on CUDA (``out_dtype``), and are upcast elsewhere, or for
+    a call (or key, ``_fp32_output_refusal``) the library refuses, with one warning per refusal."""
+    if _wants_fp32_output_gemm(a):
+        refusal = _fp32_output_refusal("mm" if out is None else "addmm", a)
+        if refusal is None:
+            try:
+                return _fp32_output_gemm(a, b, out)
+            except torch.OutOfMemoryError:
+                raise  # the upcast would need more memory still
+            except (RuntimeError, TypeError) as error:  # this call only: the next one tries again
+                refusal = f"{'mm' if out is None else 'addmm'} with out_dtype=float32 failed: {error}"
+        if refusal not in _warned_refusals:
+            _warned_refusals.add(refusal)
+            warnings.warn(f"electra-fast: the chunked generator head's 16-bit GEMMs with an fp32 result are "
+                          f"refused ({refusal}); they upcast their operands instead (same results, slower)",
+                          RuntimeWarning, stacklevel=2)
     a, b = a.float(), b.float()
     return a @ b if out is None else out.addmm_(a, b)
 
