@@ -120,7 +120,7 @@ def test_generator_head_chunked_design_is_three_gemms(records):
 
 def test_generator_head_fused_work_at_the_presets_widths():
     """E = 128, 768, 1024 (ELECTRA small, base, large): the fused design's fwd+bwd FLOPs stay <= 1.4x the three
-    GEMMs; E is held whole, so the ratio does not grow with E."""
+    GEMMs; E is walked in chunks, each logit tile computed once per pass, so the ratio does not grow with E."""
     for embedding in (128, 768, 1024):
         problem = dataclasses.replace(PROBLEM, embedding=embedding, batch=64, vocab=1000)
         counts = inspect.scaled_counts("generator_head", problem)
