@@ -64,9 +64,11 @@ class Tiles:
 # tile holds a Philox draw per element (64 x 128 spilled), and 64-wide E chunks spilled on sm_80.
 GPU_16BIT_TILES = Tiles(forward_block_m=64, forward_block_v=64, backward_block_m=64, backward_block_v=128,
                         block_e=32, num_warps=8, num_stages=3)
-# fp32 on a GPU: IEEE products on CUDA cores (no tensor cores either way), operands twice as wide: half the tile.
-GPU_FP32_TILES = Tiles(forward_block_m=32, forward_block_v=64, backward_block_m=32, backward_block_v=64,
-                       block_e=32, num_warps=8, num_stages=2)
+# fp32 on a GPU: IEEE products on CUDA cores (no tensor cores in either design), so no wgmma to shape the tiles
+# for; small tiles keep every build under ptxas's register caps (larger ones, and 4 warps, spilled in some of
+# the four Triton version x architecture builds).
+GPU_FP32_TILES = Tiles(forward_block_m=32, forward_block_v=32, backward_block_m=32, backward_block_v=32,
+                       block_e=16, num_warps=8, num_stages=2)
 # The interpreter's cost is per program and per loop step, not per element: few large tiles, a 64-wide E chunk
 # (so E = 80 or 300 still runs the chunk loop with a partial last chunk).
 INTERPRETER_TILES = Tiles(forward_block_m=64, forward_block_v=64, backward_block_m=64, backward_block_v=64,
