@@ -320,15 +320,14 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
 
 def backward(hidden, weight, bias, targets, lse, row_scale):
     """(dW [V, E] in weight's dtype, db [V] fp32) for dlogits = (softmax - onehot) * row_scale; dh is
-    ``row_scale * grad_rows`` from ``forward``."""
+    ``row_scale * grad_rows`` from ``forward``. M >= 1 (the op refuses an empty ``hidden``): the first row tile
+    writes every element of dW."""
     M, E = hidden.shape
     V = weight.shape[0]
     tiles = tiles_for(hidden.dtype)
     # dW accumulates in fp32: in the result itself for fp32 weights, else in a scratch buffer cast once.
     grad_weight32 = torch.empty((V, E), dtype=torch.float32, device=weight.device)
     grad_bias = torch.empty((V,), dtype=torch.float32, device=weight.device)
-    if M == 0:  # no row tile to walk: the kernel would leave dW unwritten
-        return torch.zeros((V, E), dtype=weight.dtype, device=weight.device), grad_bias.zero_()
     generator_head_backward_kernel[(triton.cdiv(V, tiles.backward_block_v),)](
         hidden, weight, _bias_or_zeros(bias, weight), targets, lse, row_scale, grad_weight32, grad_bias, M, V, E,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), grad_weight32.stride(0),
