@@ -2,13 +2,14 @@
 four GEMMs of work (the minimum is three: logits, dh, dW) and without [M, V] logits in memory.
 
 Tiling, as Cut Cross-Entropy's kernels do it: a logit tile has at least 64 rows and 64-128 vocabulary ids and is
-accumulated over E in chunks of BLOCK_E (32-64) with several pipeline stages, so on sm_90a every ``tl.dot`` is a
+accumulated over E in chunks of BLOCK_E (16-64) with several pipeline stages, so on sm_90a every ``tl.dot`` is a
 wgmma at any E (64, 128, 256, 768, 1024 alike); E is never held whole. What spans E is an accumulator of
 [rows, E] (forward) or [vocabulary ids, E] (backward), too big for registers at E = 768 with such tiles: the one
 program that owns those output rows keeps it in global memory, fp32 (L2-resident: a program's slice is
 BLOCK_M x E x 4 bytes), and updates it chunk by chunk after each logit tile (read, add, write). A barrier
 after each tile's updates makes them visible to every thread of the program before the next tile reads them
-(threads of a program may hold an element in different layouts for the load and the store).
+(threads of a program may hold an element in different layouts for the load and the store). The price of
+tiles that fit wgmma without atomics is that traffic: 8 * E bytes per row and tile, read and written.
 
 Forward (one GEMM; two with ``COMPUTE_GRAD``): program (row tile, vocabulary split) walks the split's BLOCK_V
 tiles: logits = h @ W[tile].T + b in fp32 over the E chunks, an online log-sum-exp, the target logit and a
