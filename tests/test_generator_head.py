@@ -425,13 +425,14 @@ def test_fused_accumulators_across_many_tiles(device):
 
     from electra_fast.kernels import generator_head as kernel
 
-    M, V, E = 150, 700, 100
+    # Several tiles per split need more rows on a GPU, whose launcher splits the vocabulary over its SMs.
+    M, V, E = (150, 700, 100) if torch.device(device).type == "cpu" else (4096, 2000, 100)
     tiles = kernel.tiles_for(torch.float32)
     row_programs = triton.cdiv(M, tiles.forward_block_m)
     splits, v_per_split = kernel._vocab_splits(row_programs, V, tiles.forward_block_v, torch.device(device))
     assert splits > 1 and v_per_split >= 3 * tiles.forward_block_v  # several splits of several tiles
     assert M > 2 * tiles.backward_block_m and E % tiles.block_e != 0 and E > tiles.block_e
-    padding = (0, 64, 149)
+    padding = (0, 64, M - 1)
     inputs = make_inputs(M, V, E, device=device, seed=19, zero_rows=padding)
     inputs[0][list(padding)] = 1e4
     for disallow_correct in (False, True):
@@ -441,7 +442,10 @@ def test_fused_accumulators_across_many_tiles(device):
         assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
         assert torch.count_nonzero(grads[0][list(padding)]) == 0
         expected = reference.generator_loss_and_sample(*inputs, seed=21, disallow_correct=disallow_correct)[1]
-        assert torch.equal(samples, expected)
+        if torch.device(device).type == "cpu":
+            assert torch.equal(samples, expected)
+        else:  # many rows: a near-tie may round apart (docs/design.md §5.4)
+            assert (samples == expected).float().mean().item() >= 0.999
         if disallow_correct:
             assert not (samples == inputs[3]).any()
 
