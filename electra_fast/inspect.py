@@ -8,7 +8,7 @@ beside the least work the op needs, the AOT compile figures for sm_90a and a roo
   vocabulary splits and the RTD backward's row groups of the real shape.
 * Scaling: ELECTRA's shapes are far too big for the interpreter. Each kernel has a unit of work that the grid
   repeats (a masking row, an RTD backward row group, an attention (batch, head) pair, and for the generator
-  head a row tile of 64 and a vocabulary tile of 64); with the per-program geometry fixed, each program's work
+  head 64 rows and 128 vocabulary ids); with the per-program geometry fixed, each program's work
   does not depend on how many units there are, so every count is affine in each unit count: counted at two
   values per axis (1 and 2 units; for vocabulary tiles the two fewest that give the real number of splits,
   keeping the last, partial tile) and extrapolated exactly (tests/test_inspect.py checks a third point).
@@ -209,23 +209,29 @@ def rtd_minimum(p: Problem) -> dict:
     return {"forward": (0, forward), "backward": (0, backward)}
 
 
-GENERATOR_TILE = 64  # the generator head's scaling unit: 64 rows, 64 vocabulary ids (whole tiles of every E)
+# The generator head's scaling units: 64 rows and 128 vocabulary ids, whole tiles of both passes' GPU tiles.
+GENERATOR_ROWS, GENERATOR_VOCAB = 64, 128
 
 
 def generator_head_units(p: Problem) -> tuple:
     """(row units, vocabulary units). The last vocabulary unit may be partial; scaled runs keep its width."""
+    from .kernels import generator_head
+
+    tiles = generator_head.tiles_for_gpu(HALF)
+    assert GENERATOR_ROWS % tiles.forward_block_m == 0 and GENERATOR_ROWS % tiles.backward_block_m == 0
+    assert GENERATOR_VOCAB % tiles.forward_block_v == 0 and GENERATOR_VOCAB % tiles.backward_block_v == 0
     rows = p.batch * p.masked
-    assert rows % GENERATOR_TILE == 0, "scaling is exact only for whole row units"
-    return rows // GENERATOR_TILE, -(-p.vocab // GENERATOR_TILE)
+    assert rows % GENERATOR_ROWS == 0, "scaling is exact only for whole row units"
+    return rows // GENERATOR_ROWS, -(-p.vocab // GENERATOR_VOCAB)
 
 
 def _generator_head_splits(row_units: int, vocab: int, embedding: int) -> int:
     """Vocabulary splits of the fused forward's real launch with ``row_units`` and ``vocab`` ids."""
     from .kernels import generator_head
 
-    tiles = generator_head.tiles_for(HALF, embedding)
+    tiles = generator_head.tiles_for_gpu(HALF)
     with gpu_launch_geometry():
-        return generator_head._vocab_splits(row_units * GENERATOR_TILE // tiles.forward_block_m, vocab,
+        return generator_head._vocab_splits(row_units * GENERATOR_ROWS // tiles.forward_block_m, vocab,
                                             tiles.forward_block_v, None)[0]
 
 
@@ -238,7 +244,7 @@ def generator_head_probes(p: Problem) -> tuple:
 
     row_units, vocab_units = generator_head_units(p)
     real = _generator_head_splits(row_units, p.vocab, p.embedding)
-    if real == -(-p.vocab // generator_head.tiles_for(HALF, p.embedding).forward_block_v):
+    if real == -(-p.vocab // generator_head.tiles_for_gpu(HALF).forward_block_v):
         return (1, 2), (1, 2)
     same = [t for t in range(1, vocab_units + 1)
             if _generator_head_splits(row_units, _scaled_vocab(p, t), p.embedding) == real]
@@ -246,8 +252,8 @@ def generator_head_probes(p: Problem) -> tuple:
 
 
 def _scaled_vocab(p: Problem, vocab_units: int) -> int:
-    last_width = p.vocab - GENERATOR_TILE * (-(-p.vocab // GENERATOR_TILE) - 1)
-    return GENERATOR_TILE * (vocab_units - 1) + last_width
+    last_width = p.vocab - GENERATOR_VOCAB * (-(-p.vocab // GENERATOR_VOCAB) - 1)
+    return GENERATOR_VOCAB * (vocab_units - 1) + last_width
 
 
 def run_generator_head(p: Problem, n: tuple) -> dict:
@@ -261,7 +267,7 @@ def _run_generator_head(row_units: int, embedding: int, vocab: int, real_row_uni
     from .kernels import generator_head
     from .sanitizer import sanitize
 
-    rows = row_units * GENERATOR_TILE
+    rows = row_units * GENERATOR_ROWS
     g = _generator()
     hidden = torch.randn(rows, embedding, generator=g).to(HALF)
     weight = (torch.randn(vocab, embedding, generator=g) * 0.05).to(HALF)

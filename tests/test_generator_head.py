@@ -394,19 +394,6 @@ def test_without_gradients_the_forward_gives_the_same_loss_and_samples(device, s
     assert torch.allclose(eval_loss, loss, rtol=1e-6, atol=0)
 
 
-def test_wider_than_the_fused_tiles(device, strategy):
-    """E above MAX_EMBEDDING: auto takes the chunked design; both still compute the right thing."""
-    from electra_fast.fused import generator_head_strategy as strategies
-    from electra_fast.kernels.generator_head import MAX_EMBEDDING
-
-    assert strategies.choose(4096, 30522, MAX_EMBEDDING + 64, 2) == "chunked"
-    inputs = make_inputs(9, 67, MAX_EMBEDDING + 64, device=device, seed=17, zero_rows=(3,))
-    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=4, **strategy)
-    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
-    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
-    assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=4)[1])
-
-
 def test_auto_picks_by_the_modeled_work():
     """The default follows the roofline model of both designs' work: fused where its re-reads are cheap (narrow
     E: the small preset), chunked where they dominate (base and large), at ELECTRA's paper batches."""
@@ -437,3 +424,111 @@ def test_an_outer_autocast_does_not_lower_the_precision_inside(device, strategy)
     assert torch.equal(loss, expected[0]) and torch.equal(samples, expected[1])
     for grad, other in zip(grads, expected[2]):
         assert torch.equal(grad, other)
+
+
+# ---------------------------------------------------------------------------------------------- fused tiling
+
+
+def test_base_width_on_a_tiny_vocabulary(device, strategy):
+    """E = 768 (ELECTRA-Base's head), walked in E chunks by the fused design: loss, gradients and samples."""
+    inputs = make_inputs(9, 67, 768, device=device, seed=17, zero_rows=(3,))
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=4, **strategy)
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+    assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=4)[1])
+
+
+def test_fused_accumulators_across_many_tiles(device):
+    """The fused design's global accumulators over several tiles: the forward's g rescaled over several
+    vocabulary tiles in each of several splits, the backward's dW over several row tiles, E = 100 not a multiple
+    of the E chunk (a partial last chunk), padding rows with extreme values, disallow_correct; samples bitwise
+    the reference's."""
+    import triton
+
+    from electra_fast.kernels import generator_head as kernel
+
+    # Several tiles per split need more rows on a GPU, whose launcher splits the vocabulary over its SMs.
+    M, V, E = (150, 700, 100) if torch.device(device).type == "cpu" else (4096, 2000, 100)
+    tiles = kernel.tiles_for(torch.float32)
+    row_programs = triton.cdiv(M, tiles.forward_block_m)
+    splits, v_per_split = kernel._vocab_splits(row_programs, V, tiles.forward_block_v, torch.device(device))
+    assert splits > 1 and v_per_split >= 3 * tiles.forward_block_v  # several splits of several tiles
+    assert M > 2 * tiles.backward_block_m and E % tiles.block_e != 0 and E > tiles.block_e
+    padding = (0, 64, M - 1)
+    inputs = make_inputs(M, V, E, device=device, seed=19, zero_rows=padding)
+    inputs[0][list(padding)] = 1e4
+    for disallow_correct in (False, True):
+        loss, samples, grads = kernel_loss_and_grads(*inputs, seed=21, strategy="fused",
+                                                     disallow_correct=disallow_correct)
+        truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+        assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+        assert torch.count_nonzero(grads[0][list(padding)]) == 0
+        expected = reference.generator_loss_and_sample(*inputs, seed=21, disallow_correct=disallow_correct)[1]
+        if torch.device(device).type == "cpu":
+            assert torch.equal(samples, expected)
+        else:  # many rows: a near-tie may round apart (docs/design.md §5.4)
+            assert (samples == expected).float().mean().item() >= 0.999
+        if disallow_correct:
+            assert not (samples == inputs[3]).any()
+
+
+def test_fused_tiles_are_wgmma_shaped_and_do_not_depend_on_the_width():
+    """The GPU tiles of 16-bit inputs can run every product as wgmma on sm_90a (an M side of at least 64, whole
+    warpgroups) at any E; fp32 (IEEE products on CUDA cores) cannot, and a 32-row tile could not."""
+    import dataclasses
+
+    from electra_fast.kernels import generator_head as kernel
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert kernel.has_wgmma(kernel.tiles_for_gpu(dtype), dtype)
+    assert not kernel.has_wgmma(kernel.tiles_for_gpu(torch.float32), torch.float32)
+    narrow = dataclasses.replace(kernel.tiles_for_gpu(torch.bfloat16), forward_block_m=32)
+    assert not kernel.has_wgmma(narrow, torch.bfloat16)
+
+
+def test_auto_never_picks_fused_tiles_without_wgmma(monkeypatch):
+    from electra_fast.fused import generator_head_strategy as strategies
+
+    assert strategies.choose(19 * 128, 30522, 128, 2) == "fused"
+    monkeypatch.setattr(strategies, "fused_has_wgmma", lambda element_bytes: False)
+    assert strategies.choose(19 * 128, 30522, 128, 2) == "chunked"
+
+
+def test_auto_uses_the_peaks_a_gpu_run_measured(tmp_path):
+    """benchmarks/results/<stamp>/rows.jsonl "machine" rows: the newest GPU one (that of the current device when
+    it has one) replaces the data sheet; the CPU dry run's rows and runs without a machine row do not."""
+    import json
+
+    from electra_fast.fused import generator_head_strategy as strategies
+
+    def write(stamp, *rows):
+        folder = tmp_path / stamp
+        folder.mkdir()
+        (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"kind": "mach')
+
+    assert strategies.peaks(str(tmp_path)) == strategies.DATA_SHEET_PEAKS  # nothing recorded
+    write("2026-12-01-000000", {"kind": "machine", "device": "cpu", "matmul_dtype": "float32",
+                                "matmul_tflops": 0.1, "copy_gbps": 10.0})
+    strategies.peaks.cache_clear()
+    assert strategies.peaks(str(tmp_path)) == strategies.DATA_SHEET_PEAKS  # a CPU dry run is no GPU peak
+    h100 = {"kind": "machine", "device": "NVIDIA H100 80GB HBM3", "matmul_dtype": "bfloat16",
+            "matmul_tflops": 700.0, "copy_gbps": 3000.0}
+    h200 = dict(h100, device="NVIDIA H200", matmul_tflops=750.0, copy_gbps=4000.0)
+    write("2026-12-02-000000", h100)
+    write("2026-12-03-000000", {"kind": "stage", "name": "machine"}, h200)
+    strategies.peaks.cache_clear()
+    assert strategies.peaks(str(tmp_path)) == (750e12, 4000e9)  # the newest
+    assert strategies.peaks(str(tmp_path), "NVIDIA H100 80GB HBM3") == (700e12, 3000e9)  # this device's own
+
+
+def test_the_model_runs_on_the_current_peaks(monkeypatch):
+    from electra_fast.fused import generator_head_strategy as strategies
+
+    rows, vocab, width = 19 * 128, 30522, 128
+    measured = (700e12, 3000e9)
+    flops, nbytes = strategies.fused_work(rows, vocab, width, 2)
+    seconds = strategies.modeled_seconds(rows, vocab, width, 2, machine=measured)
+    assert seconds["fused"] == max(flops / measured[0], nbytes / measured[1])
+    monkeypatch.setattr(strategies, "current_peaks", lambda: measured)
+    assert strategies.modeled_seconds(rows, vocab, width, 2) == seconds
+    assert strategies.choose(rows, vocab, width, 2) == min(seconds, key=seconds.get)
