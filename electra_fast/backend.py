@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from .kernels.constants import interpreter_enabled
+
 BACKENDS = ("auto", "triton", "reference")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("electra_fast_backend", default=None)
 
@@ -45,10 +47,6 @@ def requested_backend() -> str:
         if name not in BACKENDS:
             raise ValueError(f"ELECTRA_FAST_BACKEND must be one of {BACKENDS}, got {name!r}")
     return name
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # Looked up once at import: a cached function call here would be opaque to torch.compile.

@@ -2,7 +2,7 @@
 
 ``ops`` validates a public call and normalises it here; the reference (``reference``), the kernels' wrappers
 (``fused/``) and the CPU path (``cpu/``) then read the normalised values instead of redoing the work, and the
-Triton kernels take their constants (activation codes, ...) from these tables.
+Triton kernels and this module take their shared numbers (activation codes, ...) from ``kernels/constants.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+from .kernels.constants import ACTIVATION_FUNCTIONS, RTD_ACTIVATIONS, activation_code  # noqa: F401 (the contract's)
 
 # ------------------------------------------------------------------------------------------------ masking
 
@@ -109,16 +111,7 @@ def weighted_slot_loss(lse: torch.Tensor, target_logit: torch.Tensor, row_weight
 
 # ----------------------------------------------------------------------------------------------- RTD head
 
-# The discriminator head's activation by its transformers name -> the function computed.
-RTD_ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-ACTIVATION_FUNCTIONS = ("gelu_erf", "gelu_tanh", "relu")  # a kernel's constexpr code is the index here
-
-
-def activation_code(name: str) -> int:
-    """A kernel's constexpr code for the activation called ``name`` in transformers."""
-    if name not in RTD_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(RTD_ACTIVATIONS)}, got {name!r}")
-    return ACTIVATION_FUNCTIONS.index(RTD_ACTIVATIONS[name])
+# RTD_ACTIVATIONS (transformers name -> function) and activation_code are kernels/constants.py's, imported above.
 
 
 # ---------------------------------------------------------------------------------------------- attention

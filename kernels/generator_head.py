@@ -29,10 +29,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import Stream
 from .philox import draw_uniform
 from .registry import TRITON_DTYPES, interpreted, pointer_type, register
 
-GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
+GUMBEL_STREAM = tl.constexpr(int(Stream.GUMBEL))  # constants.Stream, as electra_fast.rng
 # Generator-head widths the fused design is compiled and checked for (tiny's 64, small's 128, and 256). Base and
 # large (E = 768, 1024) are wider than MAX_EMBEDDING: "auto" runs them chunked. Their 16-row tiles, which hold the
 # whole E in registers, spill under Triton 3.6 (up to 376 bytes on sm_90a), and the roofline model never picked
