@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import importlib.util
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -83,3 +85,11 @@ def use_triton(device: torch.device) -> bool:
             "TRITON_INTERPRET=1 set before Triton is imported for CPU tensors"
         )
     return False
+
+
+def rerun_with_interpreter(args) -> int:
+    """Run the sub-command ``args`` of ``electra-fast`` again in a process with TRITON_INTERPRET=1 (it must be set
+    before Triton is imported, so the current process cannot switch); its exit code. ``args.command`` names the
+    sub-command and ``args.raw_argv`` holds its arguments, as ``cli.main`` sets them."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    return subprocess.call([sys.executable, "-m", "electra_fast", args.command, *args.raw_argv], env=env)

@@ -304,16 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def rerun_with_interpreter(args) -> int:
-    """Run this sub-command again in a process with TRITON_INTERPRET=1 (it must be set before Triton is imported,
-    so the current process cannot switch); its exit code."""
-    import os
-    import subprocess
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    return subprocess.call([sys.executable, "-m", "electra_fast", args.command, *args.raw_argv], env=env)
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -90,6 +90,10 @@ def test_kernels_import_nothing_from_electra_fast():
     assert not any(outside.values()), outside
 
 
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
 def test_the_scan_sees_imports_inside_functions_and_cycles():
     graph = import_graph()
     assert "electra_fast.run_config" in graph["electra_fast.cli"]  # imported inside add_pretrain_command
