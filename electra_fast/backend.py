@@ -12,8 +12,12 @@ import contextlib
 import contextvars
 import importlib.util
 import os
+import subprocess
+import sys
 
 import torch
+
+from .kernels.constants import interpreter_enabled
 
 BACKENDS = ("auto", "triton", "reference")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("electra_fast_backend", default=None)
@@ -45,10 +49,6 @@ def requested_backend() -> str:
         if name not in BACKENDS:
             raise ValueError(f"ELECTRA_FAST_BACKEND must be one of {BACKENDS}, got {name!r}")
     return name
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # Looked up once at import: a cached function call here would be opaque to torch.compile.
@@ -85,3 +85,11 @@ def use_triton(device: torch.device) -> bool:
             "TRITON_INTERPRET=1 set before Triton is imported for CPU tensors"
         )
     return False
+
+
+def rerun_with_interpreter(args) -> int:
+    """Run the sub-command ``args`` of ``electra-fast`` again in a process with TRITON_INTERPRET=1 (it must be set
+    before Triton is imported, so the current process cannot switch); its exit code. ``args.command`` names the
+    sub-command and ``args.raw_argv`` holds its arguments, as ``cli.main`` sets them."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    return subprocess.call([sys.executable, "-m", "electra_fast", args.command, *args.raw_argv], env=env)

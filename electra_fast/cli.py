@@ -73,7 +73,6 @@ class ShortUsageParser(argparse.ArgumentParser):
 
 def add_pretrain_command(commands) -> None:
     from .presets import PRESETS
-    from .pretrainer import EMBEDDING_SHARING
     from .run_config import PRECISIONS, PretrainConfig
 
     defaults = PretrainConfig()
@@ -110,24 +109,7 @@ def add_pretrain_command(commands) -> None:
                        help="model size (tiny is for CPUs and tests; small, base, large are the paper's)")
     for name in ("hidden-size", "embedding-size", "num-layers", "num-heads", "generator-hidden-size"):
         model.add_argument(f"--{name}", type=int, help="override the preset's value (default: the preset's)")
-    objective = parser.add_argument_group("objective (defaults: the official ELECTRA values)")
-    objective.add_argument("--mask-prob", type=float,
-                           help="fraction of tokens to corrupt (default: 0.15; 0.25 for large)")
-    objective.add_argument("--max-predictions", type=int,
-                           help="slots per sequence (default: int((mask_prob + 0.005) * length))")
-    objective.add_argument("--mask-token-prob", type=float, help="chosen tokens replaced by [MASK] (default: 0.85)")
-    objective.add_argument("--random-token-prob", type=float,
-                           help="chosen tokens replaced by a random id (default: 0)")
-    objective.add_argument("--mode", choices=("exact", "bernoulli"),
-                           help="how positions are chosen (default: exact)")
-    objective.add_argument("--temperature", type=float, help="generator sampling temperature (default: 1.0)")
-    objective.add_argument("--disallow-correct", action="store_true", default=None,
-                           help="never sample the original token (default: off)")
-    objective.add_argument("--gen-weight", type=float, help="weight of the MLM loss (default: 1)")
-    objective.add_argument("--disc-weight", type=float, help="weight of the RTD loss (default: 50)")
-    objective.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING,
-                           help="generator/discriminator embeddings: tied (official), gdes (DeBERTa-v3) or none "
-                           "(default: tied)")
+    add_objective_arguments(parser.add_argument_group("objective (defaults: the official ELECTRA values)"))
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     training.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per micro-batch")
@@ -183,6 +165,26 @@ def add_pretrain_command(commands) -> None:
                      "start and import are not): then save a checkpoint and exit with code 124 (--resume continues); "
                      "SIGTERM and SIGUSR1 also save, exiting with 128 + the signal's number (before the first step "
                      "they stop at once, saying what was kept)")
+
+
+def add_objective_arguments(group) -> None:
+    """One flag per ElectraObjective field that has one, from the field's own description (electra_fast/objective.py):
+    its help, its default as the help shows it (and the presets that differ from it), its type and choices. Not
+    passed, a flag leaves None: the objective's (or the preset's) default."""
+    from .objective import flag_fields, value_type
+    from .presets import PRESETS
+
+    for field in flag_fields():
+        about = field.metadata
+        shown = about["shown"] + "".join(f"; {getattr(preset, field.name)} for {name}"
+                                         for name, preset in PRESETS.items()
+                                         if getattr(preset, field.name, field.default) != field.default)
+        help = f"{about['help']} (default: {shown})".replace("%", "%%")
+        flag = f"--{field.name.replace('_', '-')}"
+        if value_type(field) is bool:
+            group.add_argument(flag, action="store_true", default=None, help=help)
+        else:
+            group.add_argument(flag, type=value_type(field), choices=about["choices"], help=help)
 
 
 def add_packing_arguments(group, defaults, workers_flag: str = "--prepare-workers") -> None:
@@ -300,16 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(commands)
     inspect.add_parser(commands)
     return parser
-
-
-def rerun_with_interpreter(args) -> int:
-    """Run this sub-command again in a process with TRITON_INTERPRET=1 (it must be set before Triton is imported,
-    so the current process cannot switch); its exit code."""
-    import os
-    import subprocess
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    return subprocess.call([sys.executable, "-m", "electra_fast", args.command, *args.raw_argv], env=env)
 
 
 def main(argv=None) -> int:

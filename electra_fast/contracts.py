@@ -1,8 +1,10 @@
 """Each op's contract, written once: the names it accepts and how its arguments are normalised.
 
-``ops`` validates a public call and normalises it here; the reference (``reference``), the kernels' wrappers
-(``fused/``) and the CPU path (``cpu/``) then read the normalised values instead of redoing the work, and the
-Triton kernels take their constants (activation codes, ...) from these tables.
+``ops`` validates a public call and normalises its non-tensor arguments into the op's options object here
+(``MaskingOptions``, ``GeneratorHeadOptions``, ``RTDOptions``, ``AttentionOptions``); the kernels' wrappers
+(``fused/``) and the CPU path (``cpu/``) take ``(tensors..., options)``, and ``options.as_keywords()`` gives the
+reference's keyword arguments, so no implementation redoes the work or repeats the keyword list. The
+Triton kernels and this module take their shared numbers (activation codes, ...) from ``kernels/constants.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+from . import validation as check
+from .kernels.constants import ACTIVATION_FUNCTIONS, RTD_ACTIVATIONS, activation_code  # noqa: F401 (the contract's)
+from .rng import check_seed
 
 # ------------------------------------------------------------------------------------------------ masking
 
@@ -57,11 +63,36 @@ class MaskingOptions:
     def resolve(cls, seq_len: int, *, mask_token_id: int, special_token_ids: Sequence[int], mask_prob: float,
                 max_predictions: Optional[int], mask_token_prob: float, random_token_prob: float,
                 vocab_size: Optional[int], mode: str, seed: int) -> "MaskingOptions":
+        """The options of a call on sequences of ``seq_len`` tokens, checked (errors name the argument)."""
+        check.positive_int("mask_token_id", mask_token_id, minimum=0)
+        special_token_ids = tuple(special_token_ids)
+        for special in special_token_ids:
+            check.positive_int("special_token_ids[i]", special, minimum=0)
+        check.probability("mask_prob", mask_prob, low_open=True)
+        if max_predictions is not None:
+            check.positive_int("max_predictions", max_predictions)
+        check.probability("mask_token_prob", mask_token_prob)
+        check.probability("random_token_prob", random_token_prob)
+        if mask_token_prob + random_token_prob > 1 + 1e-9:
+            raise ValueError(
+                f"mask_token_prob + random_token_prob must be <= 1, got {mask_token_prob} + {random_token_prob}"
+            )
+        if mode not in MASKING_MODES:
+            raise ValueError(f"mode must be one of {MASKING_MODES}, got {mode!r}")
+        if vocab_size is not None:
+            check.positive_int("vocab_size", vocab_size)
+            if mask_token_id >= vocab_size:
+                raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
+        if random_token_prob > 0 and vocab_size is None:
+            raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
+        special_ids = special_id_set(special_token_ids, mask_token_id)
+        if random_token_prob > 0 and len([s for s in special_ids if s < vocab_size]) >= vocab_size:
+            raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); "
+                             "all are special")
         if max_predictions is None:
             max_predictions = default_max_predictions(seq_len, mask_prob, mode)
-        return cls(int(mask_token_id), special_id_set(special_token_ids, mask_token_id), float(mask_prob),
-                   int(max_predictions), float(mask_token_prob), float(random_token_prob), vocab_size,
-                   mode == "bernoulli", int(seed))
+        return cls(int(mask_token_id), special_ids, float(mask_prob), int(max_predictions), float(mask_token_prob),
+                   float(random_token_prob), vocab_size, mode == "bernoulli", check_seed(seed))
 
     @property
     def mode(self) -> str:
@@ -83,6 +114,35 @@ class MaskingOptions:
 
 
 GENERATOR_HEAD_STRATEGIES = ("auto", "fused", "chunked")  # the Triton path's designs (docs/design.md §5.5)
+
+
+@dataclass(frozen=True)
+class GeneratorHeadOptions:
+    """The non-tensor arguments of ``generator_loss_and_sample``, checked and normalised when built. ``strategy``
+    and ``chunk_rows`` choose the Triton path's design (docs/design.md §5.5); the CPU path and the reference have
+    one each and ignore them."""
+
+    temperature: float = 1.0
+    disallow_correct: bool = False
+    seed: int = 0
+    strategy: str = "auto"
+    chunk_rows: Optional[int] = None
+
+    def __post_init__(self):
+        temperature = self.temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if self.strategy not in GENERATOR_HEAD_STRATEGIES:
+            raise ValueError(f"strategy must be one of {GENERATOR_HEAD_STRATEGIES}, got {self.strategy!r}")
+        if self.chunk_rows is not None:
+            check.positive_int("chunk_rows", self.chunk_rows)
+        object.__setattr__(self, "temperature", float(temperature))
+        object.__setattr__(self, "disallow_correct", bool(self.disallow_correct))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+
+    def as_keywords(self) -> dict:
+        """The keyword arguments of ``reference.generator_loss_and_sample`` that mean the same."""
+        return dict(temperature=self.temperature, disallow_correct=self.disallow_correct, seed=self.seed)
 
 
 def generator_head_slots(hidden: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor]) -> tuple:
@@ -109,19 +169,41 @@ def weighted_slot_loss(lse: torch.Tensor, target_logit: torch.Tensor, row_weight
 
 # ----------------------------------------------------------------------------------------------- RTD head
 
-# The discriminator head's activation by its transformers name -> the function computed.
-RTD_ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-ACTIVATION_FUNCTIONS = ("gelu_erf", "gelu_tanh", "relu")  # a kernel's constexpr code is the index here
+# RTD_ACTIVATIONS (transformers name -> function) and activation_code are kernels/constants.py's, imported above.
 
 
-def activation_code(name: str) -> int:
-    """A kernel's constexpr code for the activation called ``name`` in transformers."""
-    if name not in RTD_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(RTD_ACTIVATIONS)}, got {name!r}")
-    return ACTIVATION_FUNCTIONS.index(RTD_ACTIVATIONS[name])
+@dataclass(frozen=True)
+class RTDOptions:
+    """The non-tensor argument of ``rtd_loss``: the discriminator head's activation by its transformers name."""
+
+    activation: str = "gelu"
+
+    def __post_init__(self):
+        activation_code(self.activation)  # raises for a name it does not know
+
+    def as_keywords(self) -> dict:
+        return dict(activation=self.activation)
 
 
 # ---------------------------------------------------------------------------------------------- attention
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """The non-tensor arguments of ``attention`` and ``attention_varlen`` (``scale`` None: head_dim ** -0.5),
+    checked and normalised when built."""
+
+    dropout_p: float = 0.0
+    scale: Optional[float] = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check.probability("dropout_p", self.dropout_p, high_open=True)
+        check.optional_positive_number("scale", self.scale)
+        object.__setattr__(self, "seed", check_seed(self.seed))
+
+    def as_keywords(self) -> dict:
+        return dict(dropout_p=self.dropout_p, scale=self.scale, seed=self.seed)
 
 
 def additive_mask_allows(additive: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:

@@ -38,7 +38,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .cli import rerun_with_interpreter
+from .backend import rerun_with_interpreter
 
 GPU_SMS = 132  # H100 SXM / H200: the SM count the launchers' GPU geometry is computed for
 PEAKS = {  # vendor data sheets: dense bf16 FLOP/s, HBM bytes/s

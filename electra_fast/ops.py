@@ -1,8 +1,9 @@
 """The public, differentiable ops of electra-fast (docs/design.md §3).
 
-Each op validates its arguments (errors name the argument), then runs either its Triton kernel through the
-torch.library custom op in ``electra_fast.fused.<op>`` or the literal PyTorch version in
-``electra_fast.reference``, as ``electra_fast.backend`` decides for the inputs' device.
+Each op validates its arguments (errors name the argument), gathers its non-tensor arguments into its options
+object (``electra_fast.contracts``) and hands both to ``dispatch``, which runs the first implementation that
+takes the call: the Triton kernels (``fused/<module>``), the CPU path (``cpu/<module>``), the literal PyTorch
+reference (``reference``), as ``electra_fast.backend`` allows for the inputs' device.
 """
 
 from __future__ import annotations
@@ -15,24 +16,71 @@ import torch
 from . import reference
 from . import validation as check
 from .backend import use_cpu_path, use_triton
-from .contracts import GENERATOR_HEAD_STRATEGIES, MASKING_MODES, RTD_ACTIVATIONS, MaskingOptions
+from .contracts import (
+    AttentionOptions,
+    GeneratorHeadOptions,
+    MaskingOptions,
+    RTDOptions,
+)
 from .outputs import MaskedTokens, RTDOutput
-from .rng import check_seed
-
-_warned_fallbacks: set = set()
-
-
-def warn_fallback_once(op: str, reason: str) -> None:
-    """One warning per (op, reason) when a call the kernels cannot take runs the reference instead."""
-    if (op, reason) not in _warned_fallbacks:
-        _warned_fallbacks.add((op, reason))
-        warnings.warn(f"{op} runs the PyTorch reference: {reason}", stacklevel=3)
-
 
 __all__ = [
     "mask_tokens", "generator_loss_and_sample", "rtd_loss", "attention", "attention_varlen", "MaskedTokens",
     "RTDOutput",
 ]
+
+# op -> (its module under fused/ and cpu/, whether cpu/ has the op, the name of the module's check for it).
+ROUTES = {
+    "mask_tokens": ("masking", True, "supports"),
+    "generator_loss_and_sample": ("generator_head", True, "supports"),
+    "rtd_loss": ("rtd_loss", False, "supports"),
+    "attention": ("attention", True, "supports"),
+    "attention_varlen": ("attention", False, "supports_varlen"),
+}
+PATH_NAMES = {"fused": "Triton kernels", "cpu": "CPU path"}
+_warned_fallbacks: set = set()
+
+
+def warn_fallback_once(op: str, path: str, reason: str, stacklevel: int) -> None:
+    """One warning per (op, reason) when a path that would run a call cannot take it."""
+    if (op, reason) not in _warned_fallbacks:
+        _warned_fallbacks.add((op, reason))
+        warnings.warn(f"electra_fast.{op} does not run on its {PATH_NAMES[path]}: {reason}", stacklevel=stacklevel)
+
+
+def implementations(path: str) -> dict:
+    """The modules of ``fused/`` or ``cpu/`` by name, imported on first use (Triton may not be installed)."""
+    if path == "fused":
+        from .fused import attention, generator_head, masking, rtd_loss
+
+        return dict(masking=masking, generator_head=generator_head, rtd_loss=rtd_loss, attention=attention)
+    from .cpu import attention, generator_head, masking
+
+    return dict(masking=masking, generator_head=generator_head, attention=attention)
+
+
+def route(op: str, device: torch.device, args: tuple, options, _helpers: int = 0) -> tuple:
+    """(path, thunk): where ``op(*args, options)`` runs, "fused", "cpu" or "reference", and a call that runs it.
+
+    The Triton kernels where ``backend`` runs Triton on ``device``, then the CPU path on CPU tensors, then the
+    reference; a path whose ``supports(*args, options)`` gives a reason is passed over, warning once per reason
+    at the line that called the public op (``_helpers``: the frames between that op and this function).
+    """
+    module_name, has_cpu_path, check_name = ROUTES[op]
+    for path, allowed in (("fused", use_triton(device)), ("cpu", has_cpu_path and use_cpu_path(device))):
+        if allowed:
+            module = implementations(path)[module_name]
+            reason = getattr(module, check_name)(*args, options)
+            if reason is None:
+                return path, lambda: getattr(module, op)(*args, options)
+            warn_fallback_once(op, path, reason, stacklevel=4 + _helpers)
+    return "reference", lambda: getattr(reference, op)(*args, **options.as_keywords())
+
+
+def dispatch(op: str, device: torch.device, args: tuple, options):
+    """``op(*args, options)`` on the first implementation that takes it (``route``)."""
+    return route(op, device, args, options, _helpers=1)[1]()
+
 
 def mask_tokens(
     input_ids: torch.Tensor,
@@ -62,49 +110,15 @@ def mask_tokens(
             raise TypeError(f"attention_mask must be bool or integer (1 = real token), got {attention_mask.dtype}")
         check.same_shape("attention_mask", attention_mask, input_ids.shape, "the shape of input_ids")
         check.same_device("attention_mask", attention_mask, input_ids, "input_ids")
-    check.positive_int("mask_token_id", mask_token_id, minimum=0)
-    special_token_ids = tuple(special_token_ids)
-    for special in special_token_ids:
-        check.positive_int("special_token_ids[i]", special, minimum=0)
-    check.probability("mask_prob", mask_prob, low_open=True)
-    if max_predictions is not None:
-        check.positive_int("max_predictions", max_predictions)
-    check.probability("mask_token_prob", mask_token_prob)
-    check.probability("random_token_prob", random_token_prob)
-    if mask_token_prob + random_token_prob > 1 + 1e-9:
-        raise ValueError(
-            f"mask_token_prob + random_token_prob must be <= 1, got {mask_token_prob} + {random_token_prob}"
-        )
-    if mode not in MASKING_MODES:
-        raise ValueError(f"mode must be one of {MASKING_MODES}, got {mode!r}")
-    if vocab_size is not None:
-        check.positive_int("vocab_size", vocab_size)
-        if mask_token_id >= vocab_size:
-            raise ValueError(f"mask_token_id must be < vocab_size ({vocab_size}), got {mask_token_id}")
-    if random_token_prob > 0 and vocab_size is None:
-        raise ValueError("vocab_size is required when random_token_prob > 0 (random ids are drawn from it)")
     options = MaskingOptions.resolve(
         input_ids.shape[1], mask_token_id=mask_token_id, special_token_ids=special_token_ids, mask_prob=mask_prob,
         max_predictions=max_predictions, mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
-        vocab_size=vocab_size, mode=mode, seed=check_seed(seed),
+        vocab_size=vocab_size, mode=mode, seed=seed,
     )
-    if random_token_prob > 0 and len([s for s in options.special_ids if s < vocab_size]) >= vocab_size:
-        raise ValueError(f"random_token_prob > 0 needs a non-special id below vocab_size ({vocab_size}); "
-                         "all are special")
-    kernel = use_triton(input_ids.device)
-    if kernel:
-        from .fused import masking as fused_masking
-
-        kernel = fused_masking.supports(input_ids.shape[1], options) is None  # else the reference
-    if vocab_size is not None and (check_ids if check_ids is not None else not kernel):
+    path, run = route("mask_tokens", input_ids.device, (input_ids, attention_mask), options)
+    if vocab_size is not None and (check_ids if check_ids is not None else path != "fused"):
         check.ids_in_vocab("input_ids", input_ids, vocab_size)
-    if kernel:
-        return fused_masking.mask_tokens(input_ids, attention_mask, options)
-    if use_cpu_path(input_ids.device):
-        from .cpu import masking as cpu_masking
-
-        return cpu_masking.mask_tokens(input_ids, attention_mask, options)
-    return reference.mask_tokens(input_ids, attention_mask, **options.as_keywords())
+    return run()
 
 
 def generator_loss_and_sample(
@@ -150,32 +164,11 @@ def generator_loss_and_sample(
         check.tensor("weights", weights, dims=1)
         check.same_shape("weights", weights, (hidden.shape[0],), "[M], M = hidden.shape[0]")
         check.same_device("weights", weights, hidden, "hidden")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if strategy not in GENERATOR_HEAD_STRATEGIES:
-        raise ValueError(f"strategy must be one of {GENERATOR_HEAD_STRATEGIES}, got {strategy!r}")
-    if chunk_rows is not None:
-        check.positive_int("chunk_rows", chunk_rows)
-    seed = check_seed(seed)
-    if use_triton(hidden.device):
-        from .fused import generator_head
-
-        return generator_head.generator_loss_and_sample(
-            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
-            seed=seed, strategy=strategy, chunk_rows=chunk_rows,
-        )
-    check.ids_in_vocab("targets", targets, vocab_size)
-    if use_cpu_path(hidden.device):
-        from .cpu import generator_head as cpu_generator_head
-
-        return cpu_generator_head.generator_loss_and_sample(
-            hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
-            seed=seed,
-        )
-    return reference.generator_loss_and_sample(
-        hidden, weight, bias, targets, weights, temperature=float(temperature), disallow_correct=disallow_correct,
-        seed=seed,
-    )
+    options = GeneratorHeadOptions(temperature, disallow_correct, seed, strategy, chunk_rows)
+    path, run = route("generator_loss_and_sample", hidden.device, (hidden, weight, bias, targets, weights), options)
+    if path != "fused":  # as masking's check_ids: checked off the kernel path, where a GPU would synchronise
+        check.ids_in_vocab("targets", targets, vocab_size)
+    return run()
 
 
 def rtd_loss(
@@ -223,19 +216,9 @@ def rtd_loss(
         check.same_device("attention_mask", attention_mask, hidden, "hidden")
     for name, param in (("dense_weight", dense_weight), ("prediction_weight", prediction_weight)):
         check.same_device(name, param, hidden, "hidden")
-    if activation not in RTD_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(RTD_ACTIVATIONS)}, got {activation!r}")
-    if use_triton(hidden.device):
-        from .fused import rtd_loss as fused_rtd_loss
-
-        return fused_rtd_loss.rtd_loss(
-            hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
-            attention_mask, activation=activation,
-        )
-    return reference.rtd_loss(
-        hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
-        attention_mask, activation=activation,
-    )
+    args = (hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
+            attention_mask)
+    return dispatch("rtd_loss", hidden.device, args, RTDOptions(activation))
 
 
 def attention(
@@ -284,22 +267,7 @@ def attention(
         else:
             raise TypeError("key_padding_mask must be bool [B, Lk] or an additive float mask, "
                             f"got {key_padding_mask.dtype}")
-    check.probability("dropout_p", dropout_p, high_open=True)
-    check.optional_positive_number("scale", scale)
-    seed = check_seed(seed)
-    if use_triton(q.device):
-        from .fused import attention as fused_attention
-
-        reason = fused_attention.supports(q, key_padding_mask)
-        if reason is None:
-            return fused_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
-        warn_fallback_once("electra_fast.attention", reason)
-    elif use_cpu_path(q.device):
-        from .cpu import attention as cpu_attention
-
-        if cpu_attention.supports(key_padding_mask) is None:  # else the reference, as fast for such masks
-            return cpu_attention.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
-    return reference.attention(q, k, v, key_padding_mask, dropout_p=dropout_p, scale=scale, seed=seed)
+    return dispatch("attention", q.device, (q, k, v, key_padding_mask), AttentionOptions(dropout_p, scale, seed))
 
 
 def attention_varlen(
@@ -331,15 +299,5 @@ def attention_varlen(
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have B + 1 >= 2 entries, got {cu_seqlens.numel()}")
     check.positive_int("max_seqlen", max_seqlen)
-    check.probability("dropout_p", dropout_p, high_open=True)
-    check.optional_positive_number("scale", scale)
-    seed = check_seed(seed)
-    if use_triton(q.device):
-        from .fused import attention as fused_attention
-
-        reason = fused_attention.supports(q)
-        if reason is None:
-            return fused_attention.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
-                                                    seed=seed)
-        warn_fallback_once("electra_fast.attention_varlen", reason)
-    return reference.attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, seed=seed)
+    return dispatch("attention_varlen", q.device, (q, k, v, cu_seqlens, max_seqlen),
+                    AttentionOptions(dropout_p, scale, seed))

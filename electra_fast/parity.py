@@ -12,8 +12,7 @@ import os
 import torch
 
 from . import ops
-from .backend import use_backend
-from .cli import rerun_with_interpreter
+from .backend import rerun_with_interpreter, use_backend
 
 # Tolerances on max |kernel - reference| / max(1, |reference|): fp32 kernels match to ~1e-5 (docs/design.md §5);
 # fp16/bf16 inputs are compared after both sides computed in their own precision.

@@ -30,46 +30,13 @@ from transformers.utils import ModelOutput
 
 from . import hf_attention, ops
 from .backend import use_backend
-from .contracts import GENERATOR_HEAD_STRATEGIES
+from .objective import ElectraObjective
 from .outputs import MaskedTokens
 from .presets import electra_configs, get_preset
 from .rng import check_seed
 from .seed_counter import SeedCounter
 
-EMBEDDING_SHARING = ("tied", "gdes", "none")
 WEIGHTS_NAME = "model.safetensors"  # the whole pre-trainer, next to config.json (Hugging Face's names)
-
-
-@dataclass
-class ElectraObjective:
-    """Every knob of the ELECTRA objective (docs/design.md §1); defaults are the official recipe."""
-
-    mask_token_id: Optional[int] = None  # required; ElectraPretrainer.from_preset fills it from the tokenizer
-    special_token_ids: Sequence[int] = ()  # never chosen for masking ([CLS], [SEP], [PAD], ...)
-    mask_prob: float = 0.15
-    max_predictions: Optional[int] = None  # default int((mask_prob + 0.005) * seq_len)
-    mask_token_prob: float = 0.85
-    random_token_prob: float = 0.0
-    mode: str = "exact"  # or "bernoulli"
-    temperature: float = 1.0
-    disallow_correct: bool = False
-    gen_weight: float = 1.0
-    disc_weight: float = 50.0
-    embedding_sharing: str = "tied"  # "tied" (official), "gdes" (DeBERTa-v3), "none"
-    # How, not what: the Triton path's generator-head design, "auto", "fused" or "chunked" (docs/design.md §5.5).
-    generator_head: str = "auto"
-
-    def __post_init__(self):
-        if self.embedding_sharing not in EMBEDDING_SHARING:
-            raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {self.embedding_sharing!r}")
-        if self.mask_token_id is None:
-            raise ValueError("mask_token_id is required (the id of [MASK] in your tokenizer)")
-        if self.generator_head not in GENERATOR_HEAD_STRATEGIES:
-            raise ValueError(f"generator_head must be one of {GENERATOR_HEAD_STRATEGIES}, got {self.generator_head!r}")
-        for name in ("gen_weight", "disc_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        self.special_token_ids = tuple(int(s) for s in self.special_token_ids)
 
 
 @dataclass

@@ -19,9 +19,9 @@ halves, so every intermediate fits in a signed 64-bit integer on every device.
 
 from __future__ import annotations
 
-import enum
-
 import torch
+
+from .kernels.constants import Stream
 
 __all__ = [
     "Stream",
@@ -42,16 +42,6 @@ _ROUND_A = 0xD2511F53
 _ROUND_B = 0xCD9E8D57
 # Same constant as triton.language.random.uint_to_uniform_float: the largest scale with MAX_INT * scale < 1.
 _UNIFORM_SCALE = 4.6566127342e-10
-
-
-class Stream(enum.IntEnum):
-    """Independent random streams (the third Philox counter word)."""
-
-    MASK_KEYS = 1  # masking: one priority key per (row, col); the k smallest are chosen
-    MASK_ACTIONS = 2  # masking: [MASK] / keep / random-token decision per chosen position
-    RANDOM_TOKENS = 3  # masking: the replacement id when the action is "random token"
-    GUMBEL = 4  # generator sampling: noise per (slot row, vocab id)
-    ATTENTION_DROPOUT = 5  # attention: keep/drop per (batch, head, query, key)
 
 
 def check_seed(seed) -> int:

@@ -7,6 +7,7 @@ the random draws of every micro-batch (docs/design.md §4).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -15,14 +16,12 @@ import torch
 
 from .data import MIN_SHORT_LENGTH, PACKINGS
 from .errors import UserInputError
+from .objective import ElectraObjective, bound_holds, field_named, flag_fields
 from .stopping import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SIZE_FIELDS = ("hidden_size", "embedding_size", "num_layers", "num_heads", "generator_hidden_size")
-OBJECTIVE_FIELDS = (
-    "mask_prob", "max_predictions", "mask_token_prob", "random_token_prob", "mode", "temperature",
-    "disallow_correct", "gen_weight", "disc_weight", "embedding_sharing",
-)
+OBJECTIVE_FIELDS = tuple(field.name for field in flag_fields())  # ElectraObjective's, each with its flag
 # Settings a resumed run may change; every other setting is the checkpoint's, and passing another value is an error.
 RESUMABLE_CHANGES = {"steps", "save_every", "keep_checkpoints", "log_every", "device", "max_time", "eval_every",
                      "eval_sequences", "max_bad_steps", "data_workers", "prepare_workers", "compile"}
@@ -31,9 +30,15 @@ INVOCATION_SETTINGS = {"output_dir", "resume", "overwrite"}
 PATH_SETTINGS = ("data", "tokenizer")
 
 
+# One optional setting per objective flag; None: not passed, the ElectraObjective (or preset) default.
+ObjectiveSettings = dataclasses.make_dataclass(
+    "ObjectiveSettings", [(name, Optional[object], None) for name in OBJECTIVE_FIELDS])
+
+
 @dataclass
-class PretrainConfig:
-    """Everything that defines a run (the flags of ``electra-fast pretrain``)."""
+class PretrainConfig(ObjectiveSettings):
+    """Everything that defines a run (the flags of ``electra-fast pretrain``); the objective's settings are
+    ``ObjectiveSettings``' fields, derived from ``ElectraObjective``."""
 
     output_dir: str = "runs/electra"
     # data and tokenizer
@@ -52,17 +57,6 @@ class PretrainConfig:
     num_layers: Optional[int] = None
     num_heads: Optional[int] = None
     generator_hidden_size: Optional[int] = None
-    # objective (None: the ElectraObjective / preset default)
-    mask_prob: Optional[float] = None
-    max_predictions: Optional[int] = None
-    mask_token_prob: Optional[float] = None
-    random_token_prob: Optional[float] = None
-    mode: Optional[str] = None
-    temperature: Optional[float] = None
-    disallow_correct: Optional[bool] = None
-    gen_weight: Optional[float] = None
-    disc_weight: Optional[float] = None
-    embedding_sharing: Optional[str] = None
     # optimisation
     steps: int = 300
     batch_size: int = 32
@@ -157,25 +151,11 @@ def check_config(config: PretrainConfig) -> None:
         parse_duration(config.max_time)
 
 
-# The objective's flags and the values they take (None: not passed, the objective's default).
-OBJECTIVE_RANGES = {
-    "mask_prob": (lambda value: 0 < value <= 1, "in (0, 1]"),
-    "mask_token_prob": (lambda value: 0 <= value <= 1, "in [0, 1]"),
-    "random_token_prob": (lambda value: 0 <= value <= 1, "in [0, 1]"),
-    "max_predictions": (lambda value: value >= 1, "at least 1"),
-    "temperature": (lambda value: value > 0, "> 0"),
-    "gen_weight": (lambda value: value >= 0, ">= 0"),
-    "disc_weight": (lambda value: value >= 0, ">= 0"),
-}
-
-
 def check_objective(config: PretrainConfig) -> None:
     """The objective's values, checked as the pre-trainer and the masking would check them, but before any work."""
-    from .pretrainer import ElectraObjective
-
-    for name, (valid, wanted) in OBJECTIVE_RANGES.items():
-        value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and valid(value)):
+    for name in OBJECTIVE_FIELDS:
+        value, wanted = getattr(config, name), field_named(name).metadata["wanted"]
+        if value is not None and wanted and not (math.isfinite(value) and bound_holds(name, value)):
             raise UserInputError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
     mask_token_prob, random_token_prob = (
         getattr(ElectraObjective, name) if getattr(config, name) is None else getattr(config, name)

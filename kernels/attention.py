@@ -40,12 +40,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import Stream
 from .philox import draw_uniform
 from .registry import interpreted, pointer_type, register
 
 LOG2E = tl.constexpr(1.4426950408889634)
-# electra_fast.rng.Stream.ATTENTION_DROPOUT (kernels do not import the PyTorch side; a test ties the two).
-ATTENTION_DROPOUT_STREAM = tl.constexpr(5)
+ATTENTION_DROPOUT_STREAM = tl.constexpr(int(Stream.ATTENTION_DROPOUT))  # constants.Stream, as electra_fast.rng
 
 
 @triton.jit

@@ -39,10 +39,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import Stream
 from .philox import draw_uniform
 from .registry import TRITON_DTYPES, interpreted, pointer_type, register
 
-GUMBEL_STREAM = tl.constexpr(4)  # electra_fast.rng.Stream.GUMBEL
+GUMBEL_STREAM = tl.constexpr(int(Stream.GUMBEL))  # constants.Stream, as electra_fast.rng
 
 
 @dataclass(frozen=True, kw_only=True)

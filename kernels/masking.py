@@ -13,13 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import Stream
 from .philox import draw_uint32, draw_uniform, uint32_to_uniform
 from .registry import interpreted, pointer_type, register
 
-# Streams of electra_fast.rng.Stream (kernels/ does not import electra_fast).
-STREAM_MASK_KEYS = tl.constexpr(1)
-STREAM_MASK_ACTIONS = tl.constexpr(2)
-STREAM_RANDOM_TOKENS = tl.constexpr(3)
+# Philox streams (constants.Stream, which electra_fast.rng reads too).
+STREAM_MASK_KEYS = tl.constexpr(int(Stream.MASK_KEYS))
+STREAM_MASK_ACTIONS = tl.constexpr(int(Stream.MASK_ACTIONS))
+STREAM_RANDOM_TOKENS = tl.constexpr(int(Stream.RANDOM_TOKENS))
 
 # Special ids (mask token included) are kernel scalars, so no device buffer is needed per call.
 SPECIAL_SLOTS = 9

@@ -28,7 +28,7 @@ import triton.language as tl
 
 # Whether TRITON_INTERPRET is set, i.e. @triton.jit kernels run in the interpreter: the test dispatch uses to send
 # CPU tensors to the kernels, imported here under the kernels' name for it.
-from ..backend import interpreter_enabled as interpreted  # noqa: F401 (re-exported for the kernel modules)
+from .constants import interpreter_enabled as interpreted  # noqa: F401 (re-exported for the kernel modules)
 
 TRITON_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 SIGNATURE_TYPES = {

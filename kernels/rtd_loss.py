@@ -18,18 +18,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contracts import ACTIVATION_FUNCTIONS, activation_code
+from .constants import ACTIVATION_FUNCTIONS, RTD_COUNT_NAMES, activation_code
 from .registry import pointer_type, register
 
-# Activation codes (constexpr): the index of the function in contracts.ACTIVATION_FUNCTIONS, which also maps
+# Activation codes (constexpr): the index of the function in constants.ACTIVATION_FUNCTIONS, which also maps
 # the transformers names onto them.
 GELU_ERF = tl.constexpr(ACTIVATION_FUNCTIONS.index("gelu_erf"))  # "gelu": x * Phi(x), exact erf
 GELU_TANH = tl.constexpr(ACTIVATION_FUNCTIONS.index("gelu_tanh"))  # "gelu_new" / "gelu_pytorch_tanh"
 RELU = tl.constexpr(ACTIVATION_FUNCTIONS.index("relu"))
 
 # Metric counts per program, in this order, in the int32 count partials.
-COUNT_NAMES = ("correct", "predicted_replaced", "true_positive", "replaced", "valid")
-NUM_COUNTS = tl.constexpr(5)
+COUNT_NAMES = RTD_COUNT_NAMES
+NUM_COUNTS = tl.constexpr(len(RTD_COUNT_NAMES))
 
 # (Constants go to the right of tensors: constexpr * tensor is not a tensor in the interpreter.)
 SQRT_HALF = tl.constexpr(0.7071067811865476)

@@ -230,8 +230,9 @@ def test_head_varying_mask_falls_back_to_reference_with_a_warning(device):
     q, k, v = projections(1, 2, 9, 16, torch.float32, device)
     general = torch.randn(1, 2, 9, 9, device=device)
     ops._warned_fallbacks.clear()
-    with pytest.warns(UserWarning, match="varies over heads or queries"):
+    with pytest.warns(UserWarning, match="varies over heads or queries") as caught:
         out = ef.attention(q, k, v, general)
+    assert caught[0].filename == __file__  # the caller's line
     assert_close(out, reference.attention(q, k, v, general), 1e-6, "fallback")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

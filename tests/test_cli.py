@@ -504,6 +504,42 @@ def test_help_shows_each_default_once(capsys):
     assert "a fifth of --steps" in options["--save-every"]
 
 
+def test_every_objective_field_has_its_flag_with_the_real_default(capsys):
+    """ElectraObjective is the one table of the objective's settings: each field has a --flag (or says why not),
+    a PretrainConfig setting that is None until passed, and a help that shows the default a run really gets."""
+    from electra_fast.objective import ElectraObjective
+    from electra_fast.presets import get_preset
+    from electra_fast.pretrainer import ElectraPretrainer
+    from electra_fast.run_config import OBJECTIVE_FIELDS
+
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    parsed = cli.build_parser().parse_args(["pretrain"])
+    config_defaults = {field.name: field.default for field in dataclasses.fields(PretrainConfig)}
+    model = ElectraPretrainer.from_preset("tiny", vocab_size=64, mask_token_id=3, hidden_size=32, embedding_size=32,
+                                          num_layers=1, num_heads=1, generator_hidden_size=64,
+                                          **{name: getattr(PretrainConfig(), name) for name in OBJECTIVE_FIELDS
+                                             if getattr(PretrainConfig(), name) is not None})
+    flagged = []
+    for field in dataclasses.fields(ElectraObjective):
+        if not field.metadata["flag"]:
+            assert field.metadata["no_flag_because"], field.name
+            assert field.name not in config_defaults, field.name
+            continue
+        flagged.append(field.name)
+        flag = f"--{field.name.replace('_', '-')}"
+        assert config_defaults[field.name] is None and getattr(parsed, field.name) is None, field.name
+        assert re.search(rf"{flag}\b.*?\(default: {re.escape(field.metadata['shown'])}[;)]", help_text), flag
+        # The model built from no flags has the field's default; the help shows it as it is, or in words
+        # only where it is None or a switch.
+        assert getattr(model.objective, field.name) == field.default, field.name
+        assert field.metadata["shown"] == str(field.default) or field.default in (None, False), field.name
+    assert tuple(flagged) == OBJECTIVE_FIELDS and "mask_prob" in flagged and "generator_head" not in flagged
+    assert get_preset("tiny").mask_prob == ElectraObjective.mask_prob  # so the check above holds for mask_prob
+    assert "0.25 for large" in help_text  # a preset's own value, from presets.py
+
+
 def test_save_every_defaults_to_saving_during_a_readme_sized_run():
     from electra_fast.run_config import save_interval
 

@@ -13,10 +13,22 @@ import torch
 
 import electra_fast as ef
 from electra_fast import reference, rng
+from electra_fast.contracts import AttentionOptions, GeneratorHeadOptions
 from electra_fast.cpu import attention as cpu_attention
 from electra_fast.cpu import compiler
 from electra_fast.cpu import generator_head as cpu_head
 from electra_fast.cpu.draws import key_tensor, philox_first_word, uniform
+
+
+def cpu_generator_head(*tensors, **options):
+    """The CPU path's generator head called as the reference is, with keywords."""
+    return cpu_head.generator_loss_and_sample(*tensors, GeneratorHeadOptions(**options))
+
+
+def cpu_attention_call(q, k, v, key_padding_mask=None, **options):
+    """The CPU path's attention called as the reference is, with keywords."""
+    return cpu_attention.attention(q, k, v, key_padding_mask, AttentionOptions(**options))
+
 
 SEEDS = (0, 1, 2**32 - 1, 2**32 + 5, 2**62 + 12345, 2**63 - 1)
 
@@ -63,7 +75,7 @@ def loss_samples_grads(fn, hidden, weight, bias, targets, weights, **options):
 def test_generator_head_matches_the_reference(monkeypatch, options, bias):
     monkeypatch.setattr(cpu_head, "CHUNK_ELEMENTS", 3 * 203 + 50)  # chunks of 3 rows
     inputs = head_inputs(bias=bias)
-    loss, samples, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, **options)
+    loss, samples, grads = loss_samples_grads(cpu_generator_head, *inputs, **options)
     expected_loss, expected_samples, expected_grads = loss_samples_grads(reference.generator_loss_and_sample, *inputs,
                                                                          **options)
     assert samples.dtype == torch.int64 and samples.shape == (37,)
@@ -79,7 +91,7 @@ def test_generator_head_matches_the_reference(monkeypatch, options, bias):
 def test_generator_head_on_many_rows_and_a_real_vocabulary_width():
     """V = 3001 over 300 rows: the samples of several chunks against the reference's, bit for bit."""
     inputs = head_inputs(rows=300, vocab=3001, width=16, seed=1)
-    _, samples = cpu_head.generator_loss_and_sample(*inputs, seed=77)
+    _, samples = cpu_generator_head(*inputs, seed=77)
     _, expected = reference.generator_loss_and_sample(*inputs, seed=77)
     assert (samples == expected).float().mean().item() >= 0.999
 
@@ -87,7 +99,7 @@ def test_generator_head_on_many_rows_and_a_real_vocabulary_width():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_generator_head_takes_low_precision_inputs_like_the_reference(dtype):
     inputs = head_inputs(dtype=dtype)
-    loss, samples, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, seed=4)
+    loss, samples, grads = loss_samples_grads(cpu_generator_head, *inputs, seed=4)
     expected_loss, expected_samples, expected_grads = loss_samples_grads(reference.generator_loss_and_sample, *inputs,
                                                                          seed=4)
     assert loss.dtype == torch.float32 and all(g.dtype == dtype for g in grads)
@@ -101,16 +113,16 @@ def test_generator_head_keeps_fp32_under_an_outer_autocast():
     """Autocast reaches the torch ops inside a custom op: the head turns it off, so fp32 inputs give the same
     bits with or without a bf16 autocast around the call."""
     inputs = head_inputs(seed=5)
-    expected = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, seed=2)
+    expected = loss_samples_grads(cpu_generator_head, *inputs, seed=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, samples, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, *inputs, seed=2)
+        loss, samples, grads = loss_samples_grads(cpu_generator_head, *inputs, seed=2)
     assert torch.equal(loss, expected[0]) and torch.equal(samples, expected[1])
     assert all(torch.equal(a, b) for a, b in zip(grads, expected[2]))
 
 
 def test_generator_head_without_real_slots_gives_zero_loss_and_zero_gradients():
     hidden, weight, bias, targets, _ = head_inputs()
-    loss, _, grads = loss_samples_grads(cpu_head.generator_loss_and_sample, hidden, weight, bias, targets,
+    loss, _, grads = loss_samples_grads(cpu_generator_head, hidden, weight, bias, targets,
                                         torch.zeros(37))
     assert loss.item() == 0.0
     assert all(torch.count_nonzero(g) == 0 for g in grads)
@@ -136,7 +148,7 @@ def outputs_and_grads(fn, q, k, v, mask, **options):
 def test_attention_matches_the_reference_with_padding(monkeypatch, dropout_p):
     monkeypatch.setattr(cpu_attention, "CHUNK_ELEMENTS", 1000)  # several chunks, not a multiple of a row
     q, k, v, mask = attention_inputs()
-    out, grads = outputs_and_grads(cpu_attention.attention, q, k, v, mask, dropout_p=dropout_p, seed=9)
+    out, grads = outputs_and_grads(cpu_attention_call, q, k, v, mask, dropout_p=dropout_p, seed=9)
     expected, expected_grads = outputs_and_grads(reference.attention, q, k, v, mask, dropout_p=dropout_p, seed=9)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for grad, expected_grad in zip(grads, expected_grads):
@@ -152,7 +164,7 @@ def test_attention_dropout_keeps_exactly_the_reference_mask(monkeypatch):
     zeros = torch.zeros(batch, heads, length, length)
     identity = torch.eye(length).expand(batch, heads, length, length).contiguous()
     for seed in (0, 2**33 + 1):
-        dropped = cpu_attention.attention(zeros, zeros, identity, dropout_p=0.3, seed=seed)
+        dropped = cpu_attention_call(zeros, zeros, identity, dropout_p=0.3, seed=seed)
         expected = reference.attention(zeros, zeros, identity, dropout_p=0.3, seed=seed)
         assert torch.equal(dropped == 0, expected == 0)
         torch.testing.assert_close(dropped, expected, rtol=1e-6, atol=0)
@@ -179,16 +191,16 @@ def test_eager_fallback_warns_once_and_gives_the_same_bits(monkeypatch):
         raise RuntimeError("no C++ compiler here")
 
     inputs = head_inputs()
-    _, expected = cpu_head.generator_loss_and_sample(*inputs, seed=8)
+    _, expected = cpu_generator_head(*inputs, seed=8)
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(compiler, "_fallback_warned", False)
     monkeypatch.setattr(cpu_head, "_lse_and_sample", compiler.compiled(cpu_head._lse_and_sample.fn))
     monkeypatch.setattr(cpu_head, "_grad_logits", compiler.compiled(cpu_head._grad_logits.fn))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loss, samples = cpu_head.generator_loss_and_sample(*[t.requires_grad_() if t is not None and
-                                                             t.is_floating_point() and t.dim() == 2 else t
-                                                             for t in inputs], seed=8)
+        loss, samples = cpu_generator_head(*[t.requires_grad_() if t is not None and
+                                             t.is_floating_point() and t.dim() == 2 else t
+                                             for t in inputs], seed=8)
         loss.backward()
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "runs eagerly" in messages[0] and "no C++ compiler here" in messages[0]
@@ -197,9 +209,9 @@ def test_eager_fallback_warns_once_and_gives_the_same_bits(monkeypatch):
 
 def test_compile_can_be_switched_off(monkeypatch):
     inputs = head_inputs()
-    _, expected = cpu_head.generator_loss_and_sample(*inputs, seed=6)
+    _, expected = cpu_generator_head(*inputs, seed=6)
     monkeypatch.setenv("ELECTRA_FAST_CPU_COMPILE", "0")
-    assert torch.equal(cpu_head.generator_loss_and_sample(*inputs, seed=6)[1], expected)
+    assert torch.equal(cpu_generator_head(*inputs, seed=6)[1], expected)
 
 
 def test_pretrainer_on_the_cpu_path_equals_the_reference_path(cpu_path):

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 import electra_fast as ef
-from electra_fast import reference, rng
+from electra_fast import ops, reference, rng
 from electra_fast.contracts import MaskingOptions
 from electra_fast.fused import masking as fused_masking
 from electra_fast.kernels import masking as kernel
@@ -111,7 +111,7 @@ def test_kernel_matches_reference_with_many_and_out_of_vocab_specials(device):
     expected = reference.mask_tokens(ids.cpu(), mask_token_id=22, special_token_ids=specials, vocab_size=vocab,
                                      mask_prob=0.5, mask_token_prob=0.2, random_token_prob=0.8, seed=11)
     assert_identical(got, expected)
-    assert fused_masking.supports(77, masking_options(77, specials, 22)) is None
+    assert fused_masking.supports(ids, None, masking_options(77, specials, 22)) is None
 
 
 def test_equal_keys_are_broken_by_position(device):
@@ -153,14 +153,19 @@ def masking_options(seq_len, special_token_ids, mask_token_id):
                                   vocab_size=None, mode="exact", seed=0)
 
 
-def test_unsupported_calls_fall_back_to_the_reference():
+def test_unsupported_calls_fall_back_to_the_reference_with_a_warning():
     too_long = kernel.MAX_SEQ_LEN + 1
-    assert "sequence length" in fused_masking.supports(too_long, masking_options(too_long, SPECIALS, MASK))
+    long_ids = torch.zeros(1, too_long, dtype=torch.int64)
+    assert "sequence length" in fused_masking.supports(long_ids, None, masking_options(too_long, SPECIALS, MASK))
     ten_specials = masking_options(128, range(200, 209), MASK)  # nine specials and [MASK]
-    assert "special ids" in fused_masking.supports(128, ten_specials)
+    assert "special ids" in fused_masking.supports(long_ids[:, :128], None, ten_specials)
     ids = torch.randint(300, 400, (2, 10))
-    with ef.use_backend("triton"):
+    ops._warned_fallbacks.clear()
+    with ef.use_backend("triton"), pytest.warns(UserWarning, match=r"mask_tokens does not run on its Triton kernels: "
+                                                "10 special ids") as caught:
         got = ef.mask_tokens(ids, mask_token_id=MASK, special_token_ids=range(200, 209), seed=1)
+        ef.mask_tokens(ids, mask_token_id=MASK, special_token_ids=range(200, 209), seed=2)
+    assert len(caught) == 1 and caught[0].filename == __file__  # once, at the caller's line
     assert_identical(got, reference.mask_tokens(ids, mask_token_id=MASK, special_token_ids=range(200, 209), seed=1))
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import electra_fast as ef
 from electra_fast import reference
 from electra_fast.backend import use_triton
+from electra_fast.contracts import RTDOptions
 from electra_fast.fused import rtd_loss as fused
 from electra_fast.kernels import rtd_loss as kernels
 
@@ -22,6 +23,11 @@ from numerics import assert_parity, assert_reduction_parity
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 DTYPES = (torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=(pytest.mark.gpu, pytest.mark.gpu_check)))
 PARAMETER_NAMES = ("hidden", "dense_weight", "dense_bias", "prediction_weight", "prediction_bias")
+
+
+def fused_rtd_loss(*tensors, activation="gelu"):
+    """The kernels' entry called as the reference is, with the activation as a keyword."""
+    return fused.rtd_loss(*tensors, RTDOptions(activation))
 
 
 def make_inputs(batch, seq_len, width, *, device, dtype=torch.float32, biases=True, vocab=6, seed=0):
@@ -96,7 +102,7 @@ def plain_torch(hidden, dense_weight, dense_bias, prediction_weight, prediction_
 
 
 def check_against_truth(params, corrupted, original, mask, activation, dtype, grad_logits=None, *,
-                        implementation=fused.rtd_loss, same_dtype=reference.rtd_loss):
+                        implementation=fused_rtd_loss, same_dtype=reference.rtd_loss):
     """``implementation`` against the fp64 truth, within 2x ``same_dtype``'s error (PyTorch in the same dtype: the
     reference, whose H x H product is torch's); in 16 bits each check is also shown to reject a wrong result."""
     kernel, kernel_grads = run(implementation, leaves(params), corrupted, original, mask, activation, grad_logits)
@@ -154,7 +160,7 @@ def test_kernel_matches_fp64_ground_truth(device, dtype, activation, biases):
 def test_reduction_rule_fails_a_loss_that_drops_one_token(device):
     """The rule for means is not so loose that it cannot fail: a loss that leaves out one valid token is caught."""
     params, corrupted, original, mask = make_inputs(3, 37, 200, device=device, dtype=torch.float16)
-    kernel, _ = run(fused.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
+    kernel, _ = run(fused_rtd_loss, leaves(params), corrupted, original, mask, "gelu")
     torch_out, _ = run(reference.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
     truth, _ = run(plain_torch, leaves(params, torch.float64), corrupted, original, mask, "gelu")
     valid = mask.bool()
@@ -194,18 +200,18 @@ def test_gradient_through_logits_too(device):
 def test_many_row_blocks_per_backward_group(device, monkeypatch):
     """With few backward groups each program loops over several row blocks; results are unchanged."""
     params, corrupted, original, mask = make_inputs(3, 41, 80, device=device, seed=5)
-    _, default_grads = run(fused.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
+    _, default_grads = run(fused_rtd_loss, leaves(params), corrupted, original, mask, "gelu")
     monkeypatch.setattr(kernels, "MAX_BACKWARD_GROUPS", 2)
     check_against_truth(params, corrupted, original, mask, "gelu", torch.float32)
-    _, grouped_grads = run(fused.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
+    _, grouped_grads = run(fused_rtd_loss, leaves(params), corrupted, original, mask, "gelu")
     for name in default_grads:
         torch.testing.assert_close(grouped_grads[name], default_grads[name], rtol=1e-5, atol=1e-6)
 
 
 def test_runs_are_bitwise_identical(device):
     params, corrupted, original, mask = make_inputs(3, 19, 80, device=device, seed=7)
-    first_out, first = run(fused.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
-    second_out, second = run(fused.rtd_loss, leaves(params), corrupted, original, mask, "gelu")
+    first_out, first = run(fused_rtd_loss, leaves(params), corrupted, original, mask, "gelu")
+    second_out, second = run(fused_rtd_loss, leaves(params), corrupted, original, mask, "gelu")
     assert torch.equal(first_out.loss, second_out.loss) and torch.equal(first_out.logits, second_out.logits)
     for name in first:
         assert torch.equal(first[name], second[name]), name
@@ -228,12 +234,12 @@ def test_no_valid_token_gives_zero_loss_and_zero_gradients(device, dtype):
 def test_mask_forms_agree(device):
     """attention_mask None, all ones, bool, int and float masks select the same tokens."""
     params, corrupted, original, mask = make_inputs(2, 13, 80, device=device, seed=9)
-    baseline = fused.rtd_loss(*params.values(), corrupted, original, None)
-    ones = fused.rtd_loss(*params.values(), corrupted, original, torch.ones_like(mask))
+    baseline = fused_rtd_loss(*params.values(), corrupted, original, None)
+    ones = fused_rtd_loss(*params.values(), corrupted, original, torch.ones_like(mask))
     assert torch.equal(baseline.loss, ones.loss) and torch.equal(baseline.logits, ones.logits)
-    as_int = fused.rtd_loss(*params.values(), corrupted, original, mask)
+    as_int = fused_rtd_loss(*params.values(), corrupted, original, mask)
     for other in (mask.bool(), mask.float(), mask.to(torch.int32)):
-        result = fused.rtd_loss(*params.values(), corrupted, original, other)
+        result = fused_rtd_loss(*params.values(), corrupted, original, other)
         assert torch.equal(result.loss, as_int.loss) and torch.equal(result.labels, as_int.labels)
 
 
@@ -255,7 +261,7 @@ def test_flat_prediction_weight_and_length_one_sequences(device, implementation)
     expected = reference.rtd_loss(*params.values(), corrupted, original, mask)
     params["prediction_weight"] = params["prediction_weight"].reshape(-1)
     params["prediction_bias"] = params["prediction_bias"].reshape(1, 1)
-    fn = reference.rtd_loss if implementation == "reference" else fused.rtd_loss
+    fn = reference.rtd_loss if implementation == "reference" else fused_rtd_loss
     result = fn(*params.values(), corrupted, original, mask)
     assert result.logits.shape == corrupted.shape == (3, 1)
     torch.testing.assert_close(result.logits, expected.logits, rtol=1e-5, atol=1e-5)
@@ -302,7 +308,7 @@ def hand_example(device):
 @pytest.mark.parametrize("implementation", ["reference", "kernel"])
 def test_metrics_and_loss_on_hand_computed_example(device, implementation):
     params, corrupted, original, mask = hand_example(device)
-    fn = reference.rtd_loss if implementation == "reference" else fused.rtd_loss
+    fn = reference.rtd_loss if implementation == "reference" else fused_rtd_loss
     output = fn(*params.values(), corrupted, original, mask, activation="relu")
     # valid tokens: logits [2, -1, 2, -1, 2], labels [1, 1, 0, 0, 1]
     expected_loss = (
@@ -369,7 +375,7 @@ def test_matches_hugging_face_electra_for_pretraining(device, implementation, ac
         "prediction_weight": head.dense_prediction.weight, "prediction_bias": head.dense_prediction.bias,
     }
     params = {name: value.detach().to(device).clone().requires_grad_() for name, value in params.items()}
-    fn = reference.rtd_loss if implementation == "reference" else fused.rtd_loss
+    fn = reference.rtd_loss if implementation == "reference" else fused_rtd_loss
     output, grads = run(fn, params, corrupted.to(device), original.to(device), mask.to(device), activation)
 
     torch.testing.assert_close(output.loss.cpu(), hf.loss, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..contracts import AttentionOptions
 from ..rng import Stream
 from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
@@ -64,8 +65,9 @@ def _dropout_backward(ctx, grad):
 attention_dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup_context)
 
 
-def supports(key_padding_mask: Optional[torch.Tensor]) -> Optional[str]:
-    """Why this path does not take the call (``ops`` then runs the reference), or None."""
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+             options: AttentionOptions) -> Optional[str]:
+    """Why this path does not take the call (``ops`` then runs the reference, as fast for such masks), or None."""
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         return "an additive float mask"
     return None
@@ -76,13 +78,11 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_padding_mask: Optional[torch.Tensor] = None,
-    *,
-    dropout_p: float = 0.0,
-    scale: Optional[float] = None,
-    seed: int = 0,
+    options: AttentionOptions = AttentionOptions(),
 ) -> torch.Tensor:
     """``reference.attention`` for [B, heads, L, D] tensors and a [B, Lk] bool key mask (True = real key)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dropout_p, seed = options.dropout_p, options.seed
+    scale = q.shape[-1] ** -0.5 if options.scale is None else options.scale
     has_key = None
     attn_mask = None
     if key_padding_mask is not None:

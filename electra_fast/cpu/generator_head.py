@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from .. import gradients_in_forward
-from ..contracts import generator_head_slots, slot_row_weights, weighted_slot_loss
+from ..contracts import GeneratorHeadOptions, generator_head_slots, slot_row_weights, weighted_slot_loss
 from ..rng import Stream
 from .compiler import CHUNK_ELEMENTS, compiled
 from .draws import key_tensor, philox_first_word, uniform
@@ -113,21 +113,19 @@ def _(hidden, weight, bias, targets, weights, temperature, disallow_correct, see
 generator_head.register_autograd(gradients_in_forward.backward, setup_context=gradients_in_forward.setup_context)
 
 
-def generator_loss_and_sample(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    weights: Optional[torch.Tensor] = None,
-    *,
-    temperature: float = 1.0,
-    disallow_correct: bool = False,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M])."""
+def supports(*call) -> Optional[str]:
+    """None: the CPU path takes every call ``ops.generator_loss_and_sample`` accepts."""
+    return None
+
+
+def generator_loss_and_sample(hidden, weight, bias, targets, weights=None,
+                              options: GeneratorHeadOptions = GeneratorHeadOptions()) -> tuple:
+    """CPU version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples [M]);
+    ``options.strategy`` and ``chunk_rows`` are the Triton path's and are ignored here."""
     targets, weights = generator_head_slots(hidden, targets, weights)
     loss, samples, *_ = generator_head(
-        hidden, weight, bias, targets, weights, float(temperature), bool(disallow_correct), int(seed),
+        hidden, weight, bias, targets, weights, float(options.temperature), bool(options.disallow_correct),
+        int(options.seed),
         gradients_in_forward.gradients_needed(hidden, weight, bias),
     )
     return loss, samples

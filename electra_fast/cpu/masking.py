@@ -16,6 +16,11 @@ from ..contracts import MaskingOptions
 from ..outputs import MaskedTokens
 
 
+def supports(*call) -> Optional[str]:
+    """None: the CPU path takes every call ``ops.mask_tokens`` accepts."""
+    return None
+
+
 @torch.library.custom_op("electra_fast::cpu_mask_tokens", mutates_args=())
 def mask_tokens_op(
     input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], mask_token_id: int, special_token_ids: list[int],

@@ -14,8 +14,8 @@ past the last real key), so right padding costs no work. A float mask gets no gr
 
 Dtypes. fp16/bf16 on CUDA; fp32 (and everything) under the Triton interpreter.
 
-``supports`` names what the kernels cannot take (masks that vary over heads or queries, fp32 CUDA tensors,
-head dims above 128); ``electra_fast.ops`` then runs the reference, with a one-time warning.
+``supports`` (``supports_varlen``) names what the kernels cannot take (masks that vary over heads or queries,
+fp32 CUDA tensors, head dims above 128); ``electra_fast.ops`` then runs another path, with a one-time warning.
 
 Variable length. ``attention_varlen`` takes packed [total, heads, D] tensors and ``cu_seqlens`` [B + 1]
 (int32 or int64 offsets, as flash-attn's varlen API, one set shared by queries and keys: self-attention). Its
@@ -29,10 +29,10 @@ from typing import Optional
 
 import torch
 
-from ..contracts import additive_mask_allows, key_only
+from ..contracts import AttentionOptions, additive_mask_allows, key_only
 from ..kernels import attention as kernels
 
-__all__ = ["attention", "attention_varlen", "key_bias_and_extent", "supports"]
+__all__ = ["attention", "attention_varlen", "key_bias_and_extent", "supports", "supports_varlen"]
 
 
 @torch.library.custom_op("electra_fast::attention_forward", mutates_args=())
@@ -126,8 +126,9 @@ def key_bias_and_extent(key_padding_mask: Optional[torch.Tensor], batch: int, k_
     return bias.contiguous(), extent
 
 
-def supports(q: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> Optional[str]:
-    """Why the kernels cannot take this call (``ops`` then runs the reference, with a warning), or None."""
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+             options: AttentionOptions) -> Optional[str]:
+    """Why the kernels cannot take this call of ``attention`` (``ops`` then runs another path), or None."""
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         if not key_only(_four_dims(key_padding_mask)):
             return "the mask varies over heads or queries"
@@ -137,6 +138,12 @@ def supports(q: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -
         # Exact fp32 products have no tensor-core path and their tiles spill; TF32 would miss fp32 parity.
         return "fp32 on CUDA (the kernels run fp16/bf16 there; use autocast or half-precision activations)"
     return None
+
+
+def supports_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                    options: AttentionOptions) -> Optional[str]:
+    """Why the kernels cannot take this call of ``attention_varlen`` (no mask: only head_dim and dtype), or None."""
+    return supports(q, k, v, None, options)
 
 
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
@@ -153,29 +160,29 @@ def _padded_forward(q, k, v, key_bias, extent, scale: float, dropout_p: float, s
     return out.transpose(1, 2), lse
 
 
-def attention(q, k, v, key_padding_mask=None, *, dropout_p: float = 0.0, scale: Optional[float] = None,
-              seed: int = 0, return_lse: bool = False):
+def attention(q, k, v, key_padding_mask=None, options: AttentionOptions = AttentionOptions(), *,
+              return_lse: bool = False):
     """Padded entry (arguments checked by electra_fast.ops.attention, ``supports`` true): [B, heads, Lq, D] view
     of a contiguous [B, Lq, heads, D] output; with ``return_lse`` also the natural-log LSE [B, heads, Lq] (fp32,
     -inf for rows without keys, no gradient)."""
     batch, heads, q_len, head_dim = q.shape
-    scale = head_dim**-0.5 if scale is None else float(scale)
+    scale = head_dim**-0.5 if options.scale is None else float(options.scale)
     masks = key_bias_and_extent(key_padding_mask, batch, k.shape[2], q.device)
-    out, lse = _padded_forward(q, k, v, *masks, scale, dropout_p, seed)
+    out, lse = _padded_forward(q, k, v, *masks, scale, options.dropout_p, options.seed)
     return (out, lse) if return_lse else out
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, *, dropout_p: float = 0.0,
-                     scale: Optional[float] = None, seed: int = 0) -> torch.Tensor:
-    """Packed entry (arguments checked by electra_fast.ops.attention_varlen, ``supports`` true): q, k, v
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, options: AttentionOptions = AttentionOptions()
+                     ) -> torch.Tensor:
+    """Packed entry (arguments checked by electra_fast.ops.attention_varlen, ``supports_varlen`` true): q, k, v
     [total, heads, D], returns [total, heads, D]."""
-    scale = q.shape[-1]**-0.5 if scale is None else float(scale)
+    scale = q.shape[-1]**-0.5 if options.scale is None else float(options.scale)
     starts = cu_seqlens[:-1].to(torch.int32)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
     bounds = torch.stack([starts, lengths, lengths, lengths])
     no_mask = torch.zeros(1, device=q.device)
     out, _ = attention_forward(
         _unit_stride(q), _unit_stride(k), _unit_stride(v), no_mask, bounds, max_seqlen, max_seqlen, scale,
-        float(dropout_p), seed,
+        float(options.dropout_p), options.seed,
     )
     return out

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import gradients_in_forward
-from ..contracts import generator_head_slots, slot_row_weights, weighted_slot_loss
+from ..contracts import GeneratorHeadOptions, generator_head_slots, slot_row_weights, weighted_slot_loss
 from ..kernels import generator_head as fused_kernel
 from ..kernels import generator_head_chunked as chunk_kernel
 from . import generator_head_strategy as strategies
@@ -216,31 +216,26 @@ generator_head_chunked.register_autograd(gradients_in_forward.backward,
 # ------------------------------------------------------------------------------------------------- entry
 
 
-def generator_loss_and_sample(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    targets: torch.Tensor,
-    weights: Optional[torch.Tensor] = None,
-    *,
-    temperature: float = 1.0,
-    disallow_correct: bool = False,
-    seed: int = 0,
-    strategy: str = "auto",
-    chunk_rows: Optional[int] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def supports(*call) -> Optional[str]:
+    """None: both designs take every call ``ops.generator_loss_and_sample`` accepts."""
+    return None
+
+
+def generator_loss_and_sample(hidden, weight, bias, targets, weights=None,
+                              options: GeneratorHeadOptions = GeneratorHeadOptions()) -> tuple:
     """Kernel version of ``electra_fast.reference.generator_loss_and_sample``: (fp32 loss, int64 samples)."""
     targets, weights = generator_head_slots(hidden, targets, weights)
     bias = None if bias is None else bias.contiguous()
     M, E = hidden.shape
-    chunk_rows = chunk_rows or strategies.default_chunk_rows(M)
+    chunk_rows = options.chunk_rows or strategies.default_chunk_rows(M)
+    strategy = options.strategy
     if strategy == "auto":
         strategy = strategies.choose(M, weight.shape[0], E, hidden.element_size(), chunk_rows)
     # Gradients are formed in the forward (both designs) only when a backward can follow.
-    options = (float(temperature), bool(disallow_correct), int(seed),
+    scalars = (float(options.temperature), bool(options.disallow_correct), int(options.seed),
                gradients_in_forward.gradients_needed(hidden, weight, bias))
     if strategy == "chunked":
-        loss, samples, *_ = generator_head_chunked(hidden, weight, bias, targets, weights, *options, int(chunk_rows))
+        loss, samples, *_ = generator_head_chunked(hidden, weight, bias, targets, weights, *scalars, int(chunk_rows))
     else:
-        loss, samples, *_ = generator_head_forward(hidden, weight, bias, targets, weights, *options)
+        loss, samples, *_ = generator_head_forward(hidden, weight, bias, targets, weights, *scalars)
     return loss, samples

@@ -17,8 +17,9 @@ from ..outputs import MaskedTokens
 KERNEL_MASK_DTYPES = (torch.bool, torch.int32, torch.int64)
 
 
-def supports(seq_len: int, options: MaskingOptions) -> Optional[str]:
+def supports(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], options: MaskingOptions) -> Optional[str]:
     """Why the kernel cannot take this call (``ops.mask_tokens`` then runs another path), or None."""
+    seq_len = input_ids.shape[1]
     if seq_len > kernel.MAX_SEQ_LEN:
         return f"sequence length {seq_len} > {kernel.MAX_SEQ_LEN}"
     if len(options.special_ids) > kernel.SPECIAL_SLOTS:

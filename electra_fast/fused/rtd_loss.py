@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..contracts import RTDOptions
 from ..kernels import rtd_loss as kernels
 from ..outputs import RTDOutput
 
@@ -126,18 +127,13 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return numerator.to(torch.float32) / denominator.clamp(min=1).to(torch.float32)
 
 
-def rtd_loss(
-    hidden: torch.Tensor,
-    dense_weight: torch.Tensor,
-    dense_bias: Optional[torch.Tensor],
-    prediction_weight: torch.Tensor,
-    prediction_bias: Optional[torch.Tensor],
-    corrupted_ids: torch.Tensor,
-    original_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    *,
-    activation: str = "gelu",
-) -> RTDOutput:
+def supports(*call) -> Optional[str]:
+    """None: the kernels take every call ``ops.rtd_loss`` accepts (any width, any leading shape)."""
+    return None
+
+
+def rtd_loss(hidden, dense_weight, dense_bias, prediction_weight, prediction_bias, corrupted_ids, original_ids,
+             attention_mask=None, options: RTDOptions = RTDOptions()) -> RTDOutput:
     """``electra_fast.reference.rtd_loss`` on the fused kernels (arguments validated by ``electra_fast.ops``)."""
     width = hidden.shape[-1]
     leading = hidden.shape[:-1]
@@ -161,7 +157,7 @@ def rtd_loss(
         corrupted_ids.reshape(-1).to(torch.int64).contiguous(),
         original_ids.reshape(-1).to(torch.int64).contiguous(),
         valid,
-        activation,
+        options.activation,
     )
     correct, predicted_replaced, true_positive, replaced, n_valid = counts.unbind()
     return RTDOutput(
