@@ -457,12 +457,12 @@ FULL_AOT_SHAPES = tuple((dtype, d, 16, 512, 8) for dtype in (torch.float16, torc
 AOT_SEED = 0x2545F4914F6CDD1D  # a step seed of 62 bits, as electra_fast.rng draws them (i64, not 16-aligned)
 
 
-def representative_launch(arch: str, dtype, head_dim: int, batch: int, length: int, heads: int, dropout: bool,
+def representative_launch(dtype, head_dim: int, batch: int, length: int, heads: int, dropout: bool,
                           packed: bool = False):
     """Forward and backward as the model calls them on a GPU, on CPU tensors (the AOT compile records the
     launches instead of running them): q, k, v and dO are [B, heads, L, D] views of contiguous [B, L, heads, D]
-    projections, the key padding mask an fp32 bias [B, L]; packed, [B * L, heads, D] with cu_seqlens bounds."""
-    del arch  # the launchers read it from the recording (registry.target_arch)
+    projections, the key padding mask an fp32 bias [B, L]; packed, [B * L, heads, D] with cu_seqlens bounds.
+    The architecture whose tiles they use is the one being recorded (registry.target_arch)."""
     if packed:
         q, k, v, dout = (torch.empty(batch * length, heads, head_dim, dtype=dtype) for _ in range(4))
         starts = torch.arange(batch, dtype=torch.int32) * length
@@ -487,11 +487,11 @@ def _register_launch_configs():
     asynchronous copies."""
     full = os.environ.get("ELECTRA_FAST_AOT_FULL", "0") not in ("", "0")
 
-    def run(arch):
+    def run(arch):  # the launchers pick arch's tiles through registry.target_arch while it records
         for shape in AOT_SHAPES + (FULL_AOT_SHAPES if full else ()):
             for dropout in (False, True):
-                representative_launch(arch, *shape, dropout)
-        representative_launch(arch, torch.bfloat16, 64, 16, 512, 12, False, packed=True)
+                representative_launch(*shape, dropout)
+        representative_launch(torch.bfloat16, 64, 16, 512, 12, False, packed=True)
 
     register_launches(run, expect=("wgmma", "async_copy"))
 
