@@ -4,11 +4,12 @@ Each configuration is compiled with the specialisation Triton's JIT binder compu
 (kernels/registry.py: launches captured from the launchers on representative inputs get the binder's own
 ``tt.divisibility`` attributes and constant ints; signature-only registrations get 16-byte aligned pointers), then
 its SASS is read (``cuobjdump``): registers, spill bytes, shared memory, HGMMA (wgmma) and HMMA instructions,
-asynchronous copies (LDGSTS, or UTMALDG for TMA) and local-memory traffic (LDL/STL), each also counted inside
-loops (a backward branch's range). ``python -m electra_fast.aot`` prints a table (``--json PATH`` keeps the rows)
-and exits 1 on a compile error, a spill, shared memory over the architecture's limit or a missed expectation
-(``expect=`` where the kernel registers: "wgmma" on sm_90a for 16-bit inputs, "async_copy"). It must run with
-TRITON_INTERPRET unset (the interpreter replaces the JIT functions that get compiled here).
+asynchronous copies (LDGSTS, or UTMALDG for TMA; inside loops only the 16-byte ones that move a tile count) and
+local-memory traffic (LDL/STL), HGMMA also counted inside loops (a backward branch's range).
+``python -m electra_fast.aot`` prints a table (``--json PATH`` keeps the rows) and exits 1 on a compile error, a
+spill, shared memory over the architecture's limit or a missed expectation (``expect=`` where the kernel
+registers: "wgmma" on sm_90a for 16-bit inputs, "async_copy"). It must run with TRITON_INTERPRET unset (the
+interpreter replaces the JIT functions that get compiled here).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ CAPABILITIES = {"sm_80": 80, "sm_90": 90}  # the registry's architectures, compi
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 SIXTEEN_BIT = ("*fp16", "*bf16")
 ASYNC_COPIES = ("LDGSTS", "UTMALDG", "UBLKCP")
+
+
+def _wide_async(mnemonic: str) -> bool:
+    """An asynchronous copy that moves a tile: a 16-byte LDGSTS (cp.async of 8 fp16/bf16) or a TMA/bulk copy.
+    Without the JIT's alignment K/V come as 2-byte LDG.E.U16 and only the fp32 bias gets a 4-byte LDGSTS."""
+    opcode = mnemonic.split(".")[0]
+    return opcode in ("UTMALDG", "UBLKCP") or (opcode == "LDGSTS" and ".128" in mnemonic)
 
 
 def arch_name(capability: int) -> str:
@@ -100,26 +108,31 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
         return subprocess.run([tool, flag, handle.name], capture_output=True, text=True, check=True).stdout
 
 
-# "/*0a70*/  @!P0 BRA 0x5a0 ;": address, opcode (predicate skipped), and a branch's target when there is one.
+# "/*0a70*/  @!P0 BRA 0x5a0 ;": address, mnemonic with its modifiers (predicate skipped), and a branch's
+# target when there is one.
 _INSTRUCTION = re.compile(
-    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)[^;]*?(?:\s(0x[0-9a-f]+))?\s*;")
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)[^;]*?(?:\s(0x[0-9a-f]+))?\s*;")
 
 
 def sass_facts(sass: str) -> dict:
     """Counts of the instructions this check cares about, in the whole kernel and inside loops. A loop is the
     address range from a backward branch's target to the branch."""
-    instructions = [(int(address, 16), opcode, int(target, 16) if target else None)
-                    for address, opcode, target in _INSTRUCTION.findall(sass)]
-    loops = [(target, address) for address, opcode, target in instructions
-             if opcode in ("BRA", "JMP") and target is not None and target <= address]
+    instructions = [(int(address, 16), mnemonic, int(target, 16) if target else None)
+                    for address, mnemonic, target in _INSTRUCTION.findall(sass)]
+    loops = [(target, address) for address, mnemonic, target in instructions
+             if mnemonic.split(".")[0] in ("BRA", "JMP") and target is not None and target <= address]
 
-    def count(opcodes, in_loop=False):
-        return sum(opcode in opcodes and (not in_loop or any(lo <= address <= hi for lo, hi in loops))
-                   for address, opcode, _ in instructions)
+    def count(matches, in_loop=False):
+        return sum(matches(mnemonic) and (not in_loop or any(lo <= address <= hi for lo, hi in loops))
+                   for address, mnemonic, _ in instructions)
 
-    return {"hgmma": count(("HGMMA",)), "hgmma_in_loop": count(("HGMMA",), True), "hmma": count(("HMMA",)),
-            "async_copies": count(ASYNC_COPIES), "async_copies_in_loop": count(ASYNC_COPIES, True),
-            "local_loads": count(("LDL",)), "local_stores": count(("STL",)), "loops": len(loops)}
+    def opcode(*names):
+        return lambda mnemonic: mnemonic.split(".")[0] in names
+
+    return {"hgmma": count(opcode("HGMMA")), "hgmma_in_loop": count(opcode("HGMMA"), True),
+            "hmma": count(opcode("HMMA")), "async_copies": count(opcode(*ASYNC_COPIES)),
+            "async_copies_in_loop": count(_wide_async, True), "local_loads": count(opcode("LDL")),
+            "local_stores": count(opcode("STL")), "loops": len(loops)}
 
 
 def _resources(cubin: bytes) -> tuple[int, int]:
@@ -143,7 +156,7 @@ def check(row: dict) -> list[str]:
     if "wgmma" in row["expect"] and row["capability"] == 90 and row["sixteen_bit"] and not row["hgmma_in_loop"]:
         problems.append("no HGMMA (wgmma) in a loop on sm_90a")
     if "async_copy" in row["expect"] and not row["async_copies_in_loop"]:
-        problems.append("no asynchronous copy (LDGSTS/TMA) in a loop")
+        problems.append("no 16-byte asynchronous copy (LDGSTS.128/TMA) in a loop")
     return problems
 
 
@@ -206,7 +219,7 @@ def compile_all(jobs) -> list[dict]:
 
 
 def format_table(rows) -> str:
-    header = ("kernel", "arch", "regs", "spill", "smem KB", "HGMMA loop/all", "HMMA", "async loop/all", "LDL/STL",
+    header = ("kernel", "arch", "regs", "spill", "smem KB", "HGMMA loop/all", "HMMA", "async 16B loop/all", "LDL/STL",
               "div16 / const")
     lines = [header]
     for row in rows:

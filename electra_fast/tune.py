@@ -63,8 +63,8 @@ def candidates(kernel: str, arch: str, head_dim: int = 64):
                     block_m, block_n = (own, streamed) if OWN_IS_M[kernel] else (streamed, own)
                     tiles = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
                     reason = None
-                    if arch == "sm_90" and warps == 8 and block_m * block_n < 128 * 128:
-                        reason = "tutorial rule: 8 warps on BM*BN < 128*128 on sm_90"
+                    if kernel == "forward" and arch == "sm_90" and warps == 8 and block_m * block_n < 128 * 128:
+                        reason = "tutorial rule: 8 warps on BM*BN < 128*128 on sm_90 (forward)"
                     yield tiles, reason
 
 
@@ -129,12 +129,10 @@ def prune(out_dir: Path, head_dim: int) -> dict:
                         job_keys.append(record)
     print(f"compiling {len(jobs)} candidates ({len(records) - len(jobs)} dropped by rule)", flush=True)
     for record, row in zip(job_keys, aot.compile_all(jobs)):
-        problems = list(row["problems"])
+        problems = _problems(record, row)
         if "error" not in row:
             record.update(registers=row["registers"], spills=row["spills"], shared_bytes=row["shared_bytes"],
                           hgmma_in_loop=row["hgmma_in_loop"], async_copies_in_loop=row["async_copies_in_loop"])
-            if row["shared_bytes"] > SHARED_CAP[record["arch"]]:
-                problems.append(f"shared memory {row['shared_bytes']} > {SHARED_CAP[record['arch']]} (table cap)")
         record["failed"] = "; ".join(problems) or None
         if record["failed"] is None:
             own_kernel = record["kernel"].split(".")[1]
@@ -177,6 +175,62 @@ def _write(records, survivors, out_dir: Path, head_dim: int) -> dict:
     (out_dir / f"pruning-d{head_dim}.json").write_text(
         "[\n" + ",\n".join(" " + json.dumps(r) for r in records) + "\n]\n")
     return winners
+
+
+def _problems(record: dict, row: dict) -> list[str]:
+    problems = list(row["problems"])
+    if "error" not in row and row["shared_bytes"] > SHARED_CAP[record["arch"]]:
+        problems.append(f"shared memory {row['shared_bytes']} > {SHARED_CAP[record['arch']]} (table cap)")
+    return problems
+
+
+def verify(out_dir: Path) -> int:
+    """Compile the table's pruned winners under this process's Triton (the pruning ran under 3.6); a winner
+    that fails a check here gives way to the next survivor in rank order that passes, and leaves the survivors.
+    Every failure is written to DIR/verify-<Triton version>.json."""
+    import triton
+
+    from electra_fast import aot
+    from electra_fast.kernels import tiles
+
+    candidates_path = tiles.TABLE_PATH.with_name("tile_candidates.json")
+    found = json.loads(candidates_path.read_text())
+    table = json.loads(tiles.TABLE_PATH.read_text())
+    tiles.parse(table, tiles.TABLE_PATH)
+    groups = {}
+    for record in found:
+        groups.setdefault((record["kernel"], record["arch"], record["head_dim"], record["dropout"]), []).append(record)
+    failures, chosen = [], {}
+    for key, ranked in sorted(groups.items(), key=str):
+        for record in sorted(ranked, key=_rank):
+            kernel, arch = record["kernel"].split(".")[1], record["arch"]
+            tiles_ = {k: record[k] for k in ("block_m", "block_n", "num_warps", "num_stages")}
+            config = _capture(kernel, arch, tiles_, record["dtype"], record["head_dim"], record["dropout"])
+            (row,) = aot.compile_all([(config, TABLE_ARCH[arch], aot.specialise(config, TABLE_ARCH[arch]))])
+            problems = _problems(record, row)
+            if not problems:
+                chosen[key] = record
+                break
+            failures.append({**{k: record[k] for k in ("kernel", "arch", "head_dim", "dropout")}, **tiles_,
+                             "triton": triton.__version__, "failed": "; ".join(problems)})
+            found.remove(record)
+            print(f"{key} {tiles_}: {'; '.join(problems)} under Triton {triton.__version__}", flush=True)
+    for entry in table["entries"]:
+        best = chosen.get((entry["kernel"], entry["arch"], entry["head_dim"], entry["dropout"]))
+        if best is not None and any(entry[k] != best[k] for k in ("block_m", "block_n", "num_warps", "num_stages")):
+            entry.update({k: best[k] for k in ("block_m", "block_n", "num_warps", "num_stages")})
+            entry["source"] = (f"cost model over the AOT survivors under Triton 3.6 and {triton.__version__} (bf16, "
+                               f"{best['model_cycles']} modelled cycles, {best['registers']} registers)")
+    missing = sorted(set(groups) - set(chosen), key=str)
+    if missing:
+        print(f"no survivor compiles cleanly under Triton {triton.__version__} for {missing}", file=sys.stderr)
+        return 1
+    tiles.TABLE_PATH.write_text(tiles.dumps(table))
+    candidates_path.write_text("[\n" + ",\n".join(" " + json.dumps(r) for r in found) + "\n]\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"verify-{triton.__version__}.json").write_text(
+        "[\n" + ",\n".join(" " + json.dumps(r) for r in failures) + "\n]\n")
+    return 0
 
 
 def tune(out: Path | None, kernels: tuple = KERNELS, repeats: int = 50) -> int:
@@ -252,14 +306,19 @@ def main(argv=None) -> int:
     pruning = commands.add_parser("prune", help="prune the candidates on the CPU and write the table")
     pruning.add_argument("--out", type=Path, required=True, help="folder for pruning-d<head dim>.json")
     pruning.add_argument("--head-dim", type=int, choices=HEAD_DIMS, required=True)
+    checking = commands.add_parser("verify", help="compile the winners under this Triton; replace those that fail")
+    checking.add_argument("--out", type=Path, required=True, help="folder for verify-<Triton version>.json")
     add_parser(commands)
     args = parser.parse_args(argv)
-    if args.command == "prune":
+    if args.command in ("prune", "verify"):
         from .backend import interpreter_enabled
 
         if interpreter_enabled():
             print("unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
             return 2
+    if args.command == "verify":
+        return verify(args.out)
+    if args.command == "prune":
         winners = prune(args.out, args.head_dim)
         for key, best in sorted(winners.items()):
             print(key, {k: best[k] for k in ("block_m", "block_n", "num_warps", "num_stages", "model_cycles")})
