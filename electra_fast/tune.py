@@ -293,8 +293,8 @@ def tune(out: Path | None, kernels: tuple = KERNELS, repeats: int = 50) -> int:
 
 def add_parser(commands) -> None:
     what = "time the tile table's candidate configurations on this GPU and rewrite the table (GPU only)"
-    parser = commands.add_parser("tune", help=what, description=f"{what[0].upper()}{what[1:]}. " + __doc__.split(
-        "\n\n")[2].replace("\n", " "))
+    detail = __doc__.split("\n\n")[2].replace("\n", " ").replace("``", "")
+    parser = commands.add_parser("tune", help=what, description=f"{what[0].upper()}{what[1:]}. {detail}")
     parser.add_argument("--out", type=Path, help="write the table here instead of over the installed one")
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     parser.set_defaults(handler=lambda args: tune(args.out, tuple(args.kernels)))
