@@ -29,6 +29,8 @@ setup(
     # kernels/ installs as electra_fast.kernels: a top-level `kernels` package is taken on PyPI.
     packages=["electra_fast", "electra_fast.kernels", "electra_fast.fused", "electra_fast.cpu"],
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
+    # The tile table the launchers read and the candidates `electra-fast tune` times (kernels/tiles.py).
+    package_data={"electra_fast.kernels": ["tile_table.json", "tile_candidates.json"]},
     install_requires=install_requires,
     extras_require={
         # Hugging Face Trainer / accelerate loops (electra_fast.hf_trainer, examples/hf_trainer.py).

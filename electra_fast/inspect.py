@@ -112,10 +112,12 @@ def gpu_launch_geometry(*, generator_head_row_tiles: tuple[int, int] = (1, 1), r
     saved = [(module, "interpreted", module.interpreted) for module in (attention, generator_head, masking)]
     saved += [(generator_head, "_vocab_splits", generator_head._vocab_splits),
               (rtd_loss, "MAX_BACKWARD_GROUPS", rtd_loss.MAX_BACKWARD_GROUPS),
-              (torch.cuda, "get_device_properties", torch.cuda.get_device_properties)]
+              (torch.cuda, "get_device_properties", torch.cuda.get_device_properties),
+              (attention, "target_arch", attention.target_arch)]
     vocab_splits = generator_head._vocab_splits
     for module in (attention, generator_head, masking):
         module.interpreted = lambda: False
+    attention.target_arch = lambda device: "sm_90"  # the tile table's H100/H200 entries
     scaled, real = generator_head_row_tiles
     generator_head._vocab_splits = lambda programs, *rest: vocab_splits(programs // scaled * real, *rest)
     if rtd_groups is not None:

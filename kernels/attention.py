@@ -40,9 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tiles
 from .constants import Stream
 from .philox import draw_uniform
-from .registry import interpreted, pointer_type, register
+from .registry import interpreted, register_launches, target_arch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 ATTENTION_DROPOUT_STREAM = tl.constexpr(int(Stream.ATTENTION_DROPOUT))  # constants.Stream, as electra_fast.rng
@@ -79,6 +80,30 @@ def _program_tile(bounds_ptr, n_batch, heads, BLOCK: tl.constexpr, BLOCK_D: tl.c
 
 
 @triton.jit
+def _block_prologue(bounds_ptr, n_batch, heads, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, KEY_BLOCKS: tl.constexpr):
+    """The start every kernel shares: the tile checks, where this program works (``_program_tile``), which of
+    its own rows and head dims are real, and how far its inner loop runs. The forward and dq kernels own a
+    block of BLOCK_M queries and loop over keys; with KEY_BLOCKS (dk/dv) a program owns BLOCK_N keys and loops
+    over queries. Returns (block start, own rows, dims, bh, b, h, sequence start, query count, stored keys,
+    visited keys, own-row mask, dim mask, [rows, dims] tile mask, loop end)."""
+    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
+    if KEY_BLOCKS:
+        start, rows, dims, bh, b, h, row_start, q_count, k_stored, k_visited = _program_tile(
+            bounds_ptr, n_batch, heads, BLOCK_N, BLOCK_D)
+        rows_ok = rows < k_visited
+        loop_stop = tl.where(start < k_visited, q_count, 0)  # key blocks past the last real key stay 0
+    else:
+        start, rows, dims, bh, b, h, row_start, q_count, k_stored, k_visited = _program_tile(
+            bounds_ptr, n_batch, heads, BLOCK_M, BLOCK_D)
+        rows_ok = rows < q_count
+        loop_stop = tl.where(start < q_count, k_visited, 0)  # blocks past a packed sequence's end do no work
+    dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
+    tile_mask = rows_ok[:, None] & dim_ok[None, :]
+    return start, rows, dims, bh, b, h, row_start, q_count, k_stored, k_visited, rows_ok, dim_ok, tile_mask, loop_stop
+
+
+@triton.jit
 def _tile_ptrs(ptr, b, h, row_start, rows, dims, stride_b, stride_h, stride_l):
     """Addresses of the [rows, dims] tile of head h of sequence b; rows count from the sequence's first row."""
     return ptr + b * stride_b + h * stride_h + (row_start + rows[:, None]) * stride_l + dims[None, :]
@@ -103,7 +128,9 @@ def _dropout_keep(seed, dropout_p, bh, q_len_padded, k_len_padded, rows, cols):
     return draw_uniform(seed, ATTENTION_DROPOUT_STREAM, index) >= dropout_p
 
 
-@triton.jit
+# The seed changes every step: not specialising it spares a compile whenever one happens to be 1 or
+# divisible by 16.
+@triton.jit(do_not_specialize=["seed"])
 def attention_forward_kernel(
     q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
@@ -112,13 +139,8 @@ def attention_forward_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
-    start_m, rows, dims, bh, b, h, row_start, q_count, _, k_visited = _program_tile(
-        bounds_ptr, n_batch, heads, BLOCK_M, BLOCK_D)
-    row_ok = rows < q_count
-    dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
-    tile_mask = row_ok[:, None] & dim_ok[None, :]
-
+    _, rows, dims, bh, b, h, row_start, _, _, k_visited, row_ok, dim_ok, tile_mask, key_stop = _block_prologue(
+        bounds_ptr, n_batch, heads, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False)
     q = tl.load(_tile_ptrs(q_ptr, b, h, row_start, rows, dims, stride_qb, stride_qh, stride_ql),
                 mask=tile_mask, other=0.0)
     if FP32_DOTS:
@@ -131,7 +153,6 @@ def attention_forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    key_stop = tl.where(start_m < q_count, k_visited, 0)  # blocks past a packed sequence's end do no work
     for start_n in range(0, key_stop, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < k_visited
@@ -169,7 +190,7 @@ def attention_forward_kernel(
     tl.store(lse_ptr + b * stride_lseb + h * stride_lseh + row_start + rows, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def attention_backward_dq_kernel(
     q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
@@ -179,13 +200,8 @@ def attention_backward_dq_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
-    start_m, rows, dims, bh, b, h, row_start, q_count, _, k_visited = _program_tile(
-        bounds_ptr, n_batch, heads, BLOCK_M, BLOCK_D)
-    row_ok = rows < q_count
-    dim_ok = dims < HEAD_DIM  # head dims that are not a power of two are padded with masked loads
-    tile_mask = row_ok[:, None] & dim_ok[None, :]
-
+    _, rows, dims, bh, b, h, row_start, _, _, k_visited, row_ok, dim_ok, tile_mask, key_stop = _block_prologue(
+        bounds_ptr, n_batch, heads, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, False)
     q = tl.load(_tile_ptrs(q_ptr, b, h, row_start, rows, dims, stride_qb, stride_qh, stride_ql),
                 mask=tile_mask, other=0.0)
     dout = tl.load(_tile_ptrs(dout_ptr, b, h, row_start, rows, dims, stride_dob, stride_doh, stride_dol),
@@ -205,7 +221,6 @@ def attention_backward_dq_kernel(
     bias_row = key_bias_ptr + b * stride_biasb + row_start * stride_biasl
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    key_stop = tl.where(start_m < q_count, k_visited, 0)
     for start_n in range(0, key_stop, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < k_visited
@@ -230,7 +245,7 @@ def attention_backward_dq_kernel(
              dq.to(dq_ptr.dtype.element_ty), mask=tile_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def attention_backward_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, key_bias_ptr, bounds_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
@@ -240,13 +255,8 @@ def attention_backward_dkdv_kernel(
     HEAD_DIM: tl.constexpr, DROPOUT: tl.constexpr, FP32_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    _check_tiles(HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D)
-    start_n, cols, dims, bh, b, h, row_start, q_count, k_stored, k_visited = _program_tile(
-        bounds_ptr, n_batch, heads, BLOCK_N, BLOCK_D)
-    col_ok = cols < k_visited
-    dim_ok = dims < HEAD_DIM
-    kv_mask = col_ok[:, None] & dim_ok[None, :]
-
+    _, cols, dims, bh, b, h, row_start, q_count, k_stored, _, col_ok, dim_ok, kv_mask, query_stop = _block_prologue(
+        bounds_ptr, n_batch, heads, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, True)
     k = tl.load(_tile_ptrs(k_ptr, b, h, row_start, cols, dims, stride_kb, stride_kh, stride_kl),
                 mask=kv_mask, other=0.0)
     v = tl.load(_tile_ptrs(v_ptr, b, h, row_start, cols, dims, stride_vb, stride_vh, stride_vl),
@@ -263,7 +273,6 @@ def attention_backward_dkdv_kernel(
     # Work in the transposed orientation (keys x queries) so dK and dV accumulate as [BLOCK_N, D] fp32 tiles.
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    query_stop = tl.where(start_n < k_visited, q_count, 0)  # key blocks past the last real key stay 0
     for start_m in range(0, query_stop, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < q_count
@@ -304,12 +313,8 @@ def attention_backward_dkdv_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 HEAD_DIM_BLOCKS = (16, 32, 64, 128)  # head dims 1..128 are padded up to the next of these
-# AOT-compiled (dtype, head dim) pairs. Registers depend only on the tile family (BLOCK_D 64 or 128) and the
-# dropout flag, so by default the suite compiles ELECTRA's head dim 64 in both GPU dtypes and the 128 family in
-# bf16, keeping `python -m electra_fast.aot` short; ELECTRA_FAST_AOT_FULL=1 adds fp16/bf16 x 16/32/80/96/128
-# (all compiled without spills on sm_80 and sm_90a when this was written).
-REGISTERED_CONFIGS = ((torch.bfloat16, 64), (torch.float16, 64), (torch.bfloat16, 128))
-FULL_AOT_CONFIGS = tuple((dtype, d) for dtype in (torch.float16, torch.bfloat16) for d in (16, 32, 64, 80, 96, 128))
+KERNELS = ("forward", "dq", "dkdv")  # the tile table's names: attention.forward, attention.dq, attention.dkdv
+TABLE_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}  # fp32 runs only under the interpreter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,21 +327,17 @@ class Tiles:
     num_stages: int
 
 
-def _tile_configs(block_d: int, dropout: bool, for_interpreter: bool = False) -> dict:
-    """Tiles per kernel ("forward", "dq", "dkdv"), chosen to compile without spills on sm_80 and sm_90a for
-    fp16/bf16 (Philox draws for dropout need smaller score tiles; not tuned on hardware yet). Under the
-    interpreter registers do not matter and large tiles mean fewer programs to simulate."""
-    if for_interpreter:
-        return dict.fromkeys(("forward", "dq", "dkdv"), Tiles(block_m=64, block_n=64, num_warps=4, num_stages=1))
-    if block_d == 128:
-        return {"forward": Tiles(block_m=64, block_n=32, num_warps=8, num_stages=2),
-                "dq": Tiles(block_m=32, block_n=64, num_warps=8, num_stages=2),
-                "dkdv": Tiles(block_m=32, block_n=32, num_warps=8, num_stages=2)}
-    # With head dims <= 32, 8 warps leave dq at 128 registers on sm_80 and it spills; 4 warps do not.
-    dq_warps = 4 if block_d <= 32 else 8
-    return {"forward": Tiles(block_m=128, block_n=32 if dropout else 64, num_warps=8, num_stages=2 if dropout else 3),
-            "dq": Tiles(block_m=64, block_n=32, num_warps=dq_warps, num_stages=2),
-            "dkdv": Tiles(block_m=32, block_n=64, num_warps=8, num_stages=1 if dropout else 2)}
+# Under the interpreter registers do not matter and large tiles mean fewer programs to simulate.
+INTERPRETER_TILES = Tiles(block_m=64, block_n=64, num_warps=4, num_stages=1)
+
+
+def _tile_configs(dtype: torch.dtype, block_d: int, dropout: bool, arch: str | None) -> dict:
+    """Tiles per kernel ("forward", "dq", "dkdv"): the interpreter's (arch None), else the tile table's entry for
+    (arch, dtype, head-dim block, dropout) (kernels/tiles.py, docs/design.md §7.5)."""
+    if arch is None:
+        return dict.fromkeys(KERNELS, INTERPRETER_TILES)
+    key = dict(dtype=TABLE_DTYPES[dtype], head_dim=block_d, dropout=dropout)
+    return {name: Tiles(**tiles.lookup(f"attention.{name}", arch, **key)) for name in KERNELS}
 
 
 def block_head_dim(head_dim: int) -> int:
@@ -376,7 +377,7 @@ def _launch_setup(q, bounds, dropout_p):
     """(head_dim, tiles per kernel, n_batch, heads, constexprs shared by the three kernels) of a call."""
     head_dim = q.shape[-1]
     block_d = block_head_dim(head_dim)
-    configs = _tile_configs(block_d, dropout_p > 0, for_interpreter=interpreted())
+    configs = _tile_configs(q.dtype, block_d, dropout_p > 0, None if interpreted() else target_arch(q.device))
     n_batch = bounds.shape[1]
     heads = q.shape[1]
     # The interpreter computes bf16 wrongly (docs/design.md §6): there the products run on fp32 copies.
@@ -445,27 +446,54 @@ def backward(dout, q, k, v, out, lse, key_bias, bounds, q_len_padded: int, k_len
     return dq, dk, dv
 
 
+# What the AOT compile builds (docs/design.md §6): ELECTRA's head dim 64 in both GPU dtypes at the small
+# (128 x 128, 4 heads) and base (16 x 512, 12 heads) shapes, and the 128 head-dim family in bf16.
+# ELECTRA_FAST_AOT_FULL=1 adds fp16/bf16 x head dims 16/32/80/96/128.
+# (dtype, head dim, batch, length, heads)
+AOT_SHAPES = ((torch.bfloat16, 64, 128, 128, 4), (torch.bfloat16, 64, 16, 512, 12), (torch.float16, 64, 16, 512, 12),
+              (torch.bfloat16, 128, 16, 512, 8))
+FULL_AOT_SHAPES = tuple((dtype, d, 16, 512, 8) for dtype in (torch.float16, torch.bfloat16)
+                        for d in (16, 32, 80, 96, 128))
+AOT_SEED = 0x2545F4914F6CDD1D  # a step seed of 62 bits, as electra_fast.rng draws them (i64, not 16-aligned)
+
+
+def representative_launch(dtype, head_dim: int, batch: int, length: int, heads: int, dropout: bool,
+                          packed: bool = False):
+    """Forward and backward as the model calls them on a GPU, on CPU tensors (the AOT compile records the
+    launches instead of running them): q, k, v and dO are [B, heads, L, D] views of contiguous [B, L, heads, D]
+    projections, the key padding mask an fp32 bias [B, L]; packed, [B * L, heads, D] with cu_seqlens bounds.
+    The architecture whose tiles they use is the one being recorded (registry.target_arch)."""
+    if packed:
+        q, k, v, dout = (torch.empty(batch * length, heads, head_dim, dtype=dtype) for _ in range(4))
+        starts = torch.arange(batch, dtype=torch.int32) * length
+        lengths = torch.full((batch,), length, dtype=torch.int32)
+        bounds = torch.stack([starts, lengths, lengths, lengths])
+        key_bias = torch.zeros(1)
+    else:
+        q, k, v, dout = (torch.empty(batch, length, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(4))
+        filled = torch.full((batch,), length, dtype=torch.int32)
+        bounds = torch.stack([torch.zeros_like(filled), filled, filled, filled])
+        key_bias = torch.zeros(batch, length)
+    dropout_p, seed = (0.1, AOT_SEED) if dropout else (0.0, 0)
+    scale = head_dim**-0.5
+    out, lse = forward(q, k, v, key_bias, bounds, length, length, scale, dropout_p, seed)
+    backward(dout.transpose(1, 2) if dout.dim() == 4 else dout, q, k, v, out, lse, key_bias, bounds, length, length,
+             scale, dropout_p, seed)
+
+
 def _register_launch_configs():
-    """AOT entries (docs/design.md §6): the three kernels with and without dropout for each registered
-    (dtype, head dim).
-    q, k, v, out and the gradients are in that dtype; the bias and the per-row statistics fp32; strides and sizes
-    i32."""
+    """AOT entries (docs/design.md §6): the three kernels with and without dropout at AOT_SHAPES, and the packed
+    layout at the base shape. Their inner loops must issue wgmma on sm_90a and stream K/V (Q/dO in dk/dv) with
+    asynchronous copies."""
     full = os.environ.get("ELECTRA_FAST_AOT_FULL", "0") not in ("", "0")
-    fixed_types = {"key_bias_ptr": "*fp32", "bounds_ptr": "*i32", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-                   "scale": "fp32", "scale_log2": "fp32", "seed": "i64", "dropout_p": "fp32"}
-    for dtype, head_dim in FULL_AOT_CONFIGS if full else REGISTERED_CONFIGS:
-        tensor = pointer_type(dtype)
-        block_d = block_head_dim(head_dim)
-        for dropout in (False, True):
-            configs = _tile_configs(block_d, dropout)
-            for kernel, role in ((attention_forward_kernel, "forward"), (attention_backward_dq_kernel, "dq"),
-                                 (attention_backward_dkdv_kernel, "dkdv")):
-                tiles = configs[role]
-                constexprs = dict(HEAD_DIM=head_dim, DROPOUT=dropout, FP32_DOTS=False, BLOCK_M=tiles.block_m,
-                                  BLOCK_N=tiles.block_n, BLOCK_D=block_d)
-                signature = {name: fixed_types.get(name, tensor if name.endswith("_ptr") else "i32")
-                             for name in kernel.arg_names if name not in constexprs}
-                register(kernel, signature, constexprs, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+
+    def run(arch):  # the launchers pick arch's tiles through registry.target_arch while it records
+        for shape in AOT_SHAPES + (FULL_AOT_SHAPES if full else ()):
+            for dropout in (False, True):
+                representative_launch(*shape, dropout)
+        representative_launch(torch.bfloat16, 64, 16, 512, 12, False, packed=True)
+
+    register_launches(run, expect=("wgmma", "async_copy"))
 
 
 _register_launch_configs()

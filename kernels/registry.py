@@ -8,19 +8,33 @@ no autograd, no transformers import. It is installed as ``electra_fast.kernels``
 * ``interpreted()`` says whether kernels run in the Triton interpreter (on CPU tensors) rather than compiled for
   a GPU. Launchers pick their tiles from it: the interpreter has no registers to spill and costs per program,
   not per element, so it runs larger tiles (fewer programs to simulate).
+* ``target_arch(device)`` is the architecture a GPU launch picks its tiles for ("sm_80", "sm_90"; kernels/tiles.py).
 * ``TRITON_DTYPES`` maps a torch dtype to its Triton dtype (for constexprs such as ``DOT_DTYPE``) and
   ``SIGNATURE_TYPES`` to its type in an AOT signature (``pointer_type(dtype)`` gives "*fp16", ...).
 * Launchers are named ``forward(...)`` and, where a kernel has a gradient, ``backward(...)`` (philox.py holds
   device functions; its one launcher, ``philox_draws``, exists for a test); tile configuration objects are
   built with keyword arguments.
-* Each module defines ``_register_launch_configs()`` and calls it once, at the end of the module. It calls
-  ``register(kernel, signature, constexprs, num_warps=..., num_stages=...)`` once per configuration its
-  launchers use on a GPU (docs/design.md §6): ``signature`` maps every non-constexpr argument, in the kernel's order, to
-  its Triton type ("*fp32", "i32", "i64", "fp32", ...), ``constexprs`` maps constexpr arguments to values.
+* Each module defines ``_register_launch_configs()`` and calls it once, at the end of the module. It registers
+  the configurations its launchers use on a GPU (docs/design.md §6) in one of two ways:
+
+  - ``register_launches(run, expect=...)`` (preferred): ``run(arch)`` calls the module's own launchers on
+    representative CPU tensors (ELECTRA's shapes, contiguous as the model passes them). The AOT compile records
+    every launch instead of running it, and compiles it with the specialisation Triton's JIT binder computes
+    for those arguments (16-byte aligned pointers and sizes or strides divisible by 16 get ``tt.divisibility``,
+    ints equal to 1 become constants, ``do_not_specialize`` arguments get neither), with the tiles the launchers
+    pick for ``arch``: the binary the GPU would build.
+  - ``register(kernel, signature, constexprs, num_warps=..., num_stages=...)``: ``signature`` maps every
+    non-constexpr argument, in the kernel's order, to its Triton type ("*fp32", "i32", "i64", "fp32", ...),
+    ``constexprs`` maps constexpr arguments to values. Without real values the AOT assumes only what every
+    launch satisfies (pointers 16-byte aligned) and specialises no integer.
+
+  ``expect`` names what the SASS must show, checked by ``python -m electra_fast.aot`` (``EXPECTATIONS``):
+  "wgmma" (HGMMA in a loop, on sm_90a, for 16-bit inputs) and "async_copy" (LDGSTS or a TMA load in a loop).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +49,9 @@ SIGNATURE_TYPES = {
     torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
     torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1",
 }
+ARCHITECTURES = ("sm_80", "sm_90")  # the tile table's architectures, compiled as sm_80 and sm_90a
+# What a registration may expect of its SASS (electra_fast.aot checks them).
+EXPECTATIONS = ("wgmma", "async_copy")
 
 
 def pointer_type(dtype: torch.dtype) -> str:
@@ -44,11 +61,17 @@ def pointer_type(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class LaunchConfig:
+    """One binary to compile ahead of time. ``args`` (launch-captured configurations) holds the launch's
+    arguments by name, tensors replaced by ``PointerArg``; ``signature``/``constexprs`` describe the rest."""
+
     kernel: object  # the @triton.jit function
     signature: dict
     constexprs: dict = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    archs: tuple = ARCHITECTURES
+    expect: tuple = ()
+    args: dict | None = None
 
     @property
     def name(self) -> str:
@@ -58,12 +81,105 @@ class LaunchConfig:
         return f"{kernel_name}[{values}|{pointer_types}|w{self.num_warps}s{self.num_stages}]"
 
 
+@dataclass(frozen=True)
+class PointerArg:
+    """What Triton's binder reads of a tensor argument: its dtype and its address (for the alignment)."""
+
+    dtype: torch.dtype
+    address: int
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
 CONFIGS: list[LaunchConfig] = []
+# run(arch) callables of register_launches with their expectations, expanded by capture_launches (AOT only).
+LAUNCHERS: list[tuple] = []
 
 
-def register(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4, num_stages: int = 3):
+def register(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4, num_stages: int = 3,
+             expect: tuple = ()):
     constexprs = dict(constexprs or {})
     expected = [name for name in kernel.arg_names if name not in constexprs]
     if list(signature) != expected:
         raise ValueError(f"the signature of {kernel} must list {expected} in this order, got {list(signature)}")
-    CONFIGS.append(LaunchConfig(kernel, dict(signature), constexprs, num_warps, num_stages))
+    _check_expect(expect)
+    CONFIGS.append(LaunchConfig(kernel, dict(signature), constexprs, num_warps, num_stages, expect=tuple(expect)))
+
+
+def register_launches(run, *, expect: tuple = ()):
+    """Register the launches ``run(arch)`` makes (module docstring); nothing runs until the AOT compile asks."""
+    _check_expect(expect)
+    LAUNCHERS.append((run, tuple(expect)))
+
+
+def _check_expect(expect):
+    unknown = set(expect) - set(EXPECTATIONS)
+    if unknown:
+        raise ValueError(f"unknown expectations {sorted(unknown)}; known: {EXPECTATIONS}")
+
+
+_capture_arch: list = []  # the architecture capture_launches is recording for (empty: launches run)
+
+
+def target_arch(device: torch.device) -> str:
+    """The tile table's architecture for a GPU launch on ``device`` (kernels/tiles.py maps other GPUs to it)."""
+    if _capture_arch:
+        return _capture_arch[-1]
+    from .tiles import table_arch
+
+    return table_arch(torch.cuda.get_device_capability(device))
+
+
+class _Recorder:
+    """Stands in for a JIT function's ``run`` during capture: keeps the launch instead of compiling it."""
+
+    def __init__(self, kernel, arch, expect, out):
+        self.kernel, self.arch, self.expect, self.out = kernel, arch, expect, out
+
+    def __call__(self, *args, grid, warmup, **kwargs):
+        names = self.kernel.arg_names
+        bound = dict(zip(names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+        options = {k: v for k, v in kwargs.items() if k not in names}
+        values = {k: PointerArg(v.dtype, v.data_ptr()) if isinstance(v, torch.Tensor) else v for k, v in bound.items()}
+        constexprs = {p.name: values[p.name] for p in self.kernel.params if p.is_constexpr}
+        signature = {k: _value_type(v) for k, v in values.items() if k not in constexprs}
+        self.out.append(LaunchConfig(
+            self.kernel, signature, constexprs, options.get("num_warps", 4), options.get("num_stages", 3),
+            archs=(self.arch,), expect=self.expect, args=values))
+
+
+def _value_type(value) -> str:
+    if isinstance(value, PointerArg):
+        return pointer_type(value.dtype)
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def _recording(kernels, arch, expect, out):
+    for kernel in kernels:  # an instance attribute shadows JITFunction.run, which kernel[grid](...) calls
+        kernel.run = _Recorder(kernel, arch, expect, out)
+    _capture_arch.append(arch)
+    try:
+        yield
+    finally:
+        _capture_arch.pop()
+        for kernel in kernels:
+            del kernel.run
+
+
+def capture_launches(kernels) -> list[LaunchConfig]:
+    """Run every ``register_launches`` callable for every architecture with ``kernels`` (the JIT functions of the
+    kernel modules) recording instead of launching; one configuration per launch, in order (the AOT compile
+    merges launches that build the same binary)."""
+    found = []
+    for run, expect in LAUNCHERS:
+        for arch in ARCHITECTURES:
+            with _recording(kernels, arch, expect, found), torch.no_grad():
+                run(arch)
+    return found

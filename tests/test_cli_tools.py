@@ -44,12 +44,13 @@ def test_running_the_tests_leaves_no_benchmarks_folder():
     assert not (REPO / ".benchmarks").exists() and not (Path.cwd() / ".benchmarks").exists()
 
 
-def test_bench_and_inspect_help_say_what_they_do(capsys):
+def test_bench_inspect_and_tune_help_say_what_they_do(capsys):
     import pytest
 
     from electra_fast.cli import main as cli
 
-    for command, words in [("bench", "source checkout"), ("inspect", "Triton interpreter")]:
+    for command, words in [("bench", "source checkout"), ("inspect", "Triton interpreter"),
+                           ("tune", "Nothing tunes during training")]:
         with pytest.raises(SystemExit):
             cli([command, "--help"])
         assert words in " ".join(capsys.readouterr().out.split()), command

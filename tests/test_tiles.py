@@ -1,0 +1,96 @@
+"""The tile table (kernels/tiles.py, docs/design.md §7.5): complete, deterministic, strict about its format, and
+only tuned on a GPU."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from electra_fast.kernels import attention, tiles
+
+
+def test_every_attention_launch_a_gpu_can_make_has_one_entry():
+    for kernel in attention.KERNELS:
+        for arch in tiles.ARCHS:
+            for dtype in attention.TABLE_DTYPES.values():
+                for head_dim in attention.HEAD_DIM_BLOCKS:
+                    for dropout in (False, True):
+                        found = tiles.lookup(f"attention.{kernel}", arch, dtype=dtype, head_dim=head_dim,
+                                             dropout=dropout)
+                        assert set(found) == {"block_m", "block_n", "num_warps", "num_stages"}
+
+
+def test_the_same_inputs_always_get_the_same_tiles():
+    first = attention._tile_configs(torch.bfloat16, 64, True, "sm_90")
+    assert tiles.load() == tiles.load()
+    assert attention._tile_configs(torch.bfloat16, 64, True, "sm_90") == first
+    # The interpreter keeps its own large tiles, whatever the table says.
+    assert set(attention._tile_configs(torch.float32, 64, False, None).values()) == {attention.INTERPRETER_TILES}
+
+
+@pytest.mark.parametrize("capability, arch", [((8, 0), "sm_80"), ((8, 6), "sm_80"), ((8, 9), "sm_80"),
+                                              ((9, 0), "sm_90"), ((10, 0), "sm_90"), ((12, 0), "sm_80"),
+                                              ((7, 5), "sm_80")])
+def test_other_architectures_use_the_documented_table_architecture(capability, arch):
+    assert tiles.table_arch(capability) == arch
+
+
+def test_the_installed_table_is_written_in_its_canonical_form():
+    text = tiles.TABLE_PATH.read_text()
+    assert tiles.dumps(json.loads(text)) == text
+
+
+def test_sm80_entries_fit_the_smallest_shared_memory_they_serve():
+    """sm_80's tiles also run on sm_86/89/12x (99 KB per block): the pruning record says what they used."""
+    from electra_fast.tune import SHARED_CAP
+
+    assert SHARED_CAP["sm_80"] == 99 * 1024
+    candidates = json.loads(tiles.TABLE_PATH.with_name("tile_candidates.json").read_text())
+    assert candidates and all(c["shared_bytes"] <= SHARED_CAP[c["arch"]] for c in candidates)
+    assert all(c["spills"] == 0 and c["async_copies_in_loop"] > 0 for c in candidates)
+    assert all(c["hgmma_in_loop"] > 0 for c in candidates if c["arch"] == "sm_90")
+
+
+def _table():
+    return json.loads(tiles.TABLE_PATH.read_text())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.update(format=2), '"format": 1'),
+    (lambda t: t.pop("entries"), '"entries"'),
+    (lambda t: t["entries"][0].update(kernel="attention.nothing"), "entry 0: \"kernel\" must be one of"),
+    (lambda t: t["entries"][0].pop("num_stages"), "entry 0 (attention."),
+    (lambda t: t["entries"][0].update(arch="sm_75"), "entry 0: arch must be one of"),
+    (lambda t: t["entries"][0].update(dtype="fp8"), "entry 0: dtype must be one of"),
+    (lambda t: t["entries"][0].update(num_warps=0), "entry 0: num_warps must be a positive integer"),
+    (lambda t: t["entries"][0].update(block_m=96), "entry 0: block_m must be a power of two"),
+    (lambda t: t["entries"].append(copy.deepcopy(t["entries"][0])), "a second entry for"),
+])
+def test_a_malformed_table_is_rejected_naming_the_problem(damage, message):
+    table = _table()
+    damage(table)
+    with pytest.raises(tiles.TileTableError, match="the table: .*" + re.escape(message)):
+        tiles.parse(table, "the table")
+
+
+def test_a_file_that_is_not_json_is_rejected(tmp_path):
+    path = tmp_path / "tile_table.json"
+    path.write_text("{ not json")
+    with pytest.raises(tiles.TileTableError, match="not JSON"):
+        tiles.load(path)
+    with pytest.raises(tiles.TileTableError, match="cannot read"):
+        tiles.load(tmp_path / "missing.json")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_tune_refuses_without_a_gpu_and_leaves_the_table_alone():
+    before = tiles.TABLE_PATH.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "electra_fast", "tune"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr
+    assert tiles.TABLE_PATH.read_bytes() == before
