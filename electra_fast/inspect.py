@@ -448,12 +448,32 @@ def aot_rows(path: str | None = None) -> list[dict]:
             return json.load(handle)
 
 
+# Kernels whose tiles come from the tile table per architecture (docs/design.md §7.5): counted with sm_90's.
+TABLE_KERNELS = {"attention_forward_kernel": "attention.forward", "attention_backward_dq_kernel": "attention.dq",
+                 "attention_backward_dkdv_kernel": "attention.dkdv"}
+
+
+def arch_launch(launch, arch: str) -> tuple[dict, int, int]:
+    """(constexprs, num_warps, num_stages) of ``launch`` as a GPU of ``arch`` makes it: a table kernel takes
+    that architecture's tiles (bf16's: fp16 has the same), every other launch is the same everywhere."""
+    table_kernel = TABLE_KERNELS.get(launch.kernel)
+    if table_kernel is None:
+        return launch.constexprs, launch.num_warps or 4, launch.num_stages or 3
+    from .kernels import tiles
+
+    c = launch.constexprs
+    found = tiles.lookup(table_kernel, "sm_80" if arch == "sm_80" else "sm_90", dtype="bf16", head_dim=c["BLOCK_D"],
+                         dropout=bool(c["DROPOUT"]))
+    return {**c, "BLOCK_M": found["block_m"], "BLOCK_N": found["block_n"]}, found["num_warps"], found["num_stages"]
+
+
 def aot_figures(launch, rows: list[dict], arch: str = "sm_90a") -> dict | None:
     """The registered configuration a launch uses (bf16 where it was counted in fp16), compiled for ``arch``."""
-    constexprs = {k: ("bf16" if k == "DOT_DTYPE" else v) for k, v in launch.constexprs.items()}
+    constexprs, num_warps, num_stages = arch_launch(launch, arch)
+    constexprs = {k: ("bf16" if k == "DOT_DTYPE" else v) for k, v in constexprs.items()}
     values = ",".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
     prefix = f"{launch.kernel}[{values}|"
-    suffix = f"|w{launch.num_warps or 4}s{launch.num_stages or 3}]"
+    suffix = f"|w{num_warps}s{num_stages}]"
     matches = [row for row in rows if row["arch"] == arch and row["kernel"].startswith(prefix)
                and row["kernel"].endswith(suffix) and "error" not in row]
     matches.sort(key=lambda row: "bf16" not in row["kernel"])
@@ -482,7 +502,7 @@ def compiled_figures(launches: list, aot: list[dict], arch: str) -> dict:
         "registers": max(f["registers"] for _, f in found),
         "spills": max(f["spills"] for _, f in found),
         "shared_bytes": max(f["shared_bytes"] for _, f in found),
-        "occupancy": min(occupancy(f["registers"], f["shared_bytes"], launch.num_warps or 4, arch)
+        "occupancy": min(occupancy(f["registers"], f["shared_bytes"], arch_launch(launch, arch)[1], arch)
                          for launch, f in found),
     }
 

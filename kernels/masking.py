@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .constants import Stream
 from .philox import draw_uint32, draw_uniform, uint32_to_uniform
-from .registry import interpreted, pointer_type, register
+from .registry import interpreted, register_launches
 
 # Philox streams (constants.Stream, which electra_fast.rng reads too).
 STREAM_MASK_KEYS = tl.constexpr(int(Stream.MASK_KEYS))
@@ -237,28 +237,22 @@ def forward(
 
 
 def _register_launch_configs():
-    """The compiled (GPU) launches: one row per program, every block size up to MAX_SEQ_LEN; int64 ids and mask
-    as transformers tokenizers return them, and int32 ids with a bool mask at one size."""
-    scalars = {
-        "seed": "i64", "batch": "i32", "seq_len": "i32", "max_predictions": "i32", "mask_token_id": "i32",
-        **{f"special_{i}": "i32" for i in range(SPECIAL_SLOTS)},
-        "n_vocab_specials": "i32", "vocab_size": "i32", "mask_prob": "fp32", "t_mask": "fp32", "t_random": "fp32",
-        "has_mask": "i32", "bernoulli": "i32", "use_random": "i32",
-    }
+    """The compiled (GPU) launches, as the pre-trainer makes them (docs/design.md §6): int64 ids and mask as
+    transformers tokenizers return them at every block size up to MAX_SEQ_LEN (batch 16; 128 at L = 128), and
+    int32 ids with a bool mask at L = 512; BERT's special ids, 15 % masking with the 80/10/10 split."""
 
-    def signature(ids_dtype: torch.dtype, mask_dtype: torch.dtype) -> dict:
-        ids, mask = pointer_type(ids_dtype), pointer_type(mask_dtype)
-        pointers = {"ids_ptr": ids, "valid_ptr": mask, "out_ids_ptr": ids, "positions_ptr": "*i64",
-                    "targets_ptr": "*i64", "weights_ptr": "*fp32", "is_masked_ptr": "*i1"}
-        return {**pointers, **scalars}
+    def run(arch):
+        del arch  # one configuration serves every architecture
+        shapes = [(128 if length == 128 else 16, length, torch.int64, torch.int64)
+                  for length in (MIN_BLOCK_L * 2**i for i in range(MAX_SEQ_LEN.bit_length()))
+                  if length <= MAX_SEQ_LEN]
+        for batch, length, ids_dtype, mask_dtype in shapes + [(16, 512, torch.int32, torch.bool)]:
+            forward(torch.empty(batch, length, dtype=ids_dtype), torch.empty(batch, length, dtype=mask_dtype),
+                    seed=0x2545F4914F6CDD1D, mask_token_id=103, special_ids=(0, 100, 101, 102, 103), vocab_size=30522,
+                    mask_prob=0.15, max_predictions=int((0.15 + 0.005) * length), t_mask=0.8, t_random=0.9,
+                    use_random=True, bernoulli=False)
 
-    block_l = MIN_BLOCK_L
-    while block_l <= MAX_SEQ_LEN:
-        register(mask_tokens_kernel, signature(torch.int64, torch.int64), {"BLOCK_ROWS": 1, "BLOCK_L": block_l},
-                 num_warps=num_warps_for(block_l))
-        block_l *= 2
-    register(mask_tokens_kernel, signature(torch.int32, torch.bool), {"BLOCK_ROWS": 1, "BLOCK_L": 512},
-             num_warps=num_warps_for(512))
+    register_launches(run)
 
 
 _register_launch_configs()

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .registry import register
+from .registry import register_launches
 
 # The bits of a float32 uniform in [0, 1): same scale as tl.rand (the largest with MAX_INT * scale < 1).
 UNIFORM_SCALE = tl.constexpr(4.6566127342e-10)
@@ -61,12 +61,8 @@ def philox_draws(seed: int, stream: int, index):
 
 
 def _register_launch_configs():
-    """The test kernel at one stream (the stream only changes a constant)."""
-    register(
-        philox_draws_kernel,
-        {"index_ptr": "*i64", "draws_ptr": "*i64", "uniforms_ptr": "*fp32", "seed": "i64", "n": "i32"},
-        {"STREAM": 4, "BLOCK": PHILOX_BLOCK},
-    )
+    """The test kernel at one stream (the stream only changes a constant), over a million indices."""
+    register_launches(lambda arch: philox_draws(0x2545F4914F6CDD1D, 4, torch.empty(1 << 20, dtype=torch.int64)))
 
 
 _register_launch_configs()

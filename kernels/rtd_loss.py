@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .constants import ACTIVATION_FUNCTIONS, RTD_COUNT_NAMES, activation_code
-from .registry import pointer_type, register
+from .registry import register_launches
 
 # Activation codes (constexpr): the index of the function in constants.ACTIVATION_FUNCTIONS, which also maps
 # the transformers names onto them.
@@ -257,35 +257,25 @@ def backward(projected, dense_bias, prediction_weight, logits, labels, valid, gr
 
 
 def _register_launch_configs():
-    """Both kernels for every input dtype and activation."""
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        projected = pointer_type(dtype)
-        for code in range(len(ACTIVATION_FUNCTIONS)):
-            register(
-                rtd_loss_forward_kernel,
-                {
-                    "projected_ptr": projected, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
-                    "prediction_bias_ptr": "*fp32", "corrupted_ptr": "*i64", "original_ptr": "*i64",
-                    "valid_ptr": "*u8", "logits_ptr": "*fp32", "labels_ptr": "*u8", "loss_partials_ptr": "*fp32",
-                    "count_partials_ptr": "*i32", "n_rows": "i32", "width": "i32",
-                },
-                {"ACTIVATION": code, "BLOCK_ROWS": FORWARD_BLOCK_ROWS, "BLOCK_COLS": FORWARD_BLOCK_COLS},
-                num_warps=FORWARD_WARPS,
-                num_stages=NUM_STAGES,
-            )
-            register(
-                rtd_loss_backward_kernel,
-                {
-                    "projected_ptr": projected, "dense_bias_ptr": "*fp32", "prediction_weight_ptr": "*fp32",
-                    "logits_ptr": "*fp32", "labels_ptr": "*u8", "valid_ptr": "*u8", "grad_logits_ptr": "*fp32",
-                    "loss_scale_ptr": "*fp32", "grad_projected_ptr": projected, "grad_weight_partials_ptr": "*fp32",
-                    "grad_dense_bias_partials_ptr": "*fp32", "grad_prediction_bias_partials_ptr": "*fp32",
-                    "n_rows": "i32", "width": "i32", "rows_per_group": "i32",
-                },
-                {"ACTIVATION": code, "BLOCK_ROWS": BACKWARD_BLOCK_ROWS, "BLOCK_COLS": BACKWARD_BLOCK_COLS},
-                num_warps=BACKWARD_WARPS,
-                num_stages=NUM_STAGES,
-            )
+    """Both kernels for every input dtype and activation, launched as the discriminator head calls them at
+    ELECTRA-Base's 16 x 512 tokens (hidden 768), on contiguous tensors (docs/design.md §6)."""
+
+    def run(arch):
+        del arch  # one configuration serves every architecture
+        n_rows, width = 16 * 512, 768
+        fp32 = dict(dtype=torch.float32)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for activation in ("gelu", "gelu_new", "relu"):  # one name per code of ACTIVATION_FUNCTIONS
+                projected = torch.empty(n_rows, width, dtype=dtype)
+                dense_bias, prediction_weight = torch.empty(width, **fp32), torch.empty(width, **fp32)
+                ids = [torch.empty(n_rows, dtype=torch.int64) for _ in range(2)]
+                valid = torch.empty(n_rows, dtype=torch.uint8)
+                logits, labels, _, _ = forward(projected, dense_bias, prediction_weight, torch.empty(1, **fp32), *ids,
+                                               valid, activation)
+                backward(projected, dense_bias, prediction_weight, logits, labels, valid,
+                         torch.empty(n_rows, **fp32), torch.empty(1, **fp32), activation)
+
+    register_launches(run)
 
 
 _register_launch_configs()
