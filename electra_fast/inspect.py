@@ -24,7 +24,6 @@ wrongly) and the AOT figures are those of the registered bf16 configuration.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
@@ -34,7 +33,6 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from types import SimpleNamespace
 
 import torch
 
@@ -101,33 +99,15 @@ def problems(which: str) -> list[Problem]:
 
 # --- GPU launch geometry under the interpreter -----------------------------------------------------------------
 
-@contextlib.contextmanager
-def gpu_launch_geometry(*, generator_head_row_tiles: tuple[int, int] = (1, 1), rtd_groups: int | None = None):
-    """Launchers choose tiles and splits as on a ``GPU_SMS``-SM GPU. ``generator_head_row_tiles`` = (scaled,
-    real) row tiles: the vocabulary-split choice sees the real count (a scaled-down M splits the vocabulary as
-    the real M does); ``rtd_groups`` caps the RTD backward's row groups (a scaled-down N keeps the real rows
-    per group)."""
-    from .kernels import attention, generator_head, masking, rtd_loss
+def gpu_launch_geometry(*, generator_head_split_rows: int | None = None, rtd_groups: int | None = None):
+    """Launchers choose tiles and splits as on a ``GPU_SMS``-SM GPU (``registry.gpu_geometry``, the tile table's
+    sm_90 entries). ``generator_head_split_rows``: the vocabulary-split choice sees the real rows (a scaled-down
+    M splits the vocabulary as the real M does); ``rtd_groups`` caps the RTD backward's row groups (a scaled-down
+    N keeps the real rows per group)."""
+    from .kernels import registry
 
-    saved = [(module, "interpreted", module.interpreted) for module in (attention, generator_head, masking)]
-    saved += [(generator_head, "_vocab_splits", generator_head._vocab_splits),
-              (rtd_loss, "MAX_BACKWARD_GROUPS", rtd_loss.MAX_BACKWARD_GROUPS),
-              (torch.cuda, "get_device_properties", torch.cuda.get_device_properties),
-              (attention, "target_arch", attention.target_arch)]
-    vocab_splits = generator_head._vocab_splits
-    for module in (attention, generator_head, masking):
-        module.interpreted = lambda: False
-    attention.target_arch = lambda device: "sm_90"  # the tile table's H100/H200 entries
-    scaled, real = generator_head_row_tiles
-    generator_head._vocab_splits = lambda programs, *rest: vocab_splits(programs // scaled * real, *rest)
-    if rtd_groups is not None:
-        rtd_loss.MAX_BACKWARD_GROUPS = rtd_groups
-    torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=GPU_SMS)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+    return registry.gpu_geometry(sms=GPU_SMS, arch="sm_90", rtd_backward_groups=rtd_groups,
+                                 generator_head_split_rows=generator_head_split_rows)
 
 
 # --- the four ops: scaling unit, a run of n units, and the minimum work ----------------------------------------
@@ -275,7 +255,7 @@ def _run_generator_head(row_units: int, embedding: int, vocab: int, real_row_uni
     weight = (torch.randn(vocab, embedding, generator=g) * 0.05).to(HALF)
     bias = torch.zeros(vocab, dtype=HALF)
     targets = torch.randint(0, vocab, (rows,), generator=g)
-    with gpu_launch_geometry(generator_head_row_tiles=(row_units, real_row_units)):
+    with gpu_launch_geometry(generator_head_split_rows=real_row_units * GENERATOR_ROWS):
         with sanitize(skip_dot_math=True) as forward:
             lse, _, _, _ = generator_head.forward(hidden, weight, bias, targets, temperature=1.0,
                                                   disallow_correct=False, seed=3, compute_grad=True)
