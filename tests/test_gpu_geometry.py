@@ -1,5 +1,5 @@
 """``registry.gpu_geometry``: inside it launchers take a GPU's tiles, SM count and architecture from it (and its
-scaling fields), outside it nothing changes, and it is undone on exit, an exception included (docs/design.md §6)."""
+scaling fields), outside it nothing changes, and it is undone on exit, an exception included (docs/design.md §7.5)."""
 
 import pytest
 import torch
