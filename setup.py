@@ -27,7 +27,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # kernels/ installs as electra_fast.kernels: a top-level `kernels` package is taken on PyPI.
-    packages=["electra_fast", "electra_fast.kernels", "electra_fast.fused", "electra_fast.cpu"],
+    packages=["electra_fast", "electra_fast.kernels", "electra_fast.fused", "electra_fast.cpu",
+              "electra_fast.workcount"],
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     # The tile table the launchers read and the candidates `electra-fast tune` times (kernels/tiles.py).
     package_data={"electra_fast.kernels": ["tile_table.json", "tile_candidates.json"]},

@@ -42,7 +42,8 @@ from bench_generator_head import (  # noqa: E402  (the timed suite's implementat
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from electra_fast.fused.generator_head_strategy import default_chunk_rows  # noqa: E402
-from electra_fast.inspect import PAPER_BATCH, VOCAB, gpu_launch_geometry, problems  # noqa: E402
+from electra_fast.workcount.problems import PAPER_BATCH, VOCAB, problems  # noqa: E402
+from electra_fast.workcount.runs import gpu_launch  # noqa: E402
 
 EAGER_LIMIT_BYTES = 6 << 30  # the baselines' [M, V] logits beyond this do not fit this 24 GiB machine thrice
 
@@ -72,7 +73,7 @@ def stubbed_triton_launches():
     for module, name in names:
         setattr(module, name, _NoLaunch())
     try:
-        with gpu_launch_geometry():
+        with gpu_launch():
             yield
     finally:
         for module, name, value in saved:

@@ -296,11 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="print versions, devices and which backends are usable").set_defaults(handler=info)
     add_pretrain_command(commands)
     add_prepare_data_command(commands)
-    from . import bench, inspect, parity, tune
+    from . import bench, parity, tune
+    from .workcount import report as workcount
 
     parity.add_parser(commands)
     bench.add_parser(commands)
-    inspect.add_parser(commands)
+    workcount.add_parser(commands)
     tune.add_parser(commands)
     return parser
 

@@ -43,7 +43,7 @@ import triton.language as tl
 from . import tiles
 from .constants import Stream
 from .philox import draw_uniform
-from .registry import interpreted, register_launches, target_arch
+from .registry import gpu_tiles, interpreted, register_launches, target_arch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 ATTENTION_DROPOUT_STREAM = tl.constexpr(int(Stream.ATTENTION_DROPOUT))  # constants.Stream, as electra_fast.rng
@@ -377,7 +377,7 @@ def _launch_setup(q, bounds, dropout_p):
     """(head_dim, tiles per kernel, n_batch, heads, constexprs shared by the three kernels) of a call."""
     head_dim = q.shape[-1]
     block_d = block_head_dim(head_dim)
-    configs = _tile_configs(q.dtype, block_d, dropout_p > 0, None if interpreted() else target_arch(q.device))
+    configs = _tile_configs(q.dtype, block_d, dropout_p > 0, target_arch(q.device) if gpu_tiles() else None)
     n_batch = bounds.shape[1]
     heads = q.shape[1]
     # The interpreter computes bf16 wrongly (docs/design.md §6): there the products run on fp32 copies.

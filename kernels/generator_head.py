@@ -41,7 +41,7 @@ import triton.language as tl
 
 from .constants import Stream
 from .philox import draw_uniform
-from .registry import TRITON_DTYPES, interpreted, pointer_type, register
+from .registry import TRITON_DTYPES, current_geometry, gpu_tiles, interpreted, multiprocessors, pointer_type, register
 
 GUMBEL_STREAM = tl.constexpr(int(Stream.GUMBEL))  # constants.Stream, as electra_fast.rng
 
@@ -85,8 +85,8 @@ def tiles_for_gpu(dtype: torch.dtype) -> Tiles:
 
 
 def tiles_for(dtype: torch.dtype) -> Tiles:
-    """The tiles the launchers use here: the interpreter's or the GPU's."""
-    return INTERPRETER_TILES if interpreted() else tiles_for_gpu(dtype)
+    """The tiles the launchers use here: the GPU's (registry.gpu_tiles) or the interpreter's."""
+    return tiles_for_gpu(dtype) if gpu_tiles() else INTERPRETER_TILES
 
 
 def has_wgmma(tiles: Tiles, dtype: torch.dtype) -> bool:
@@ -257,7 +257,7 @@ def _vocab_splits(row_programs: int, V: int, block_v: int, device: torch.device)
     M is small (one split once M alone fills it). The interpreter runs programs one after another: there a few
     splits suffice."""
     vocab_tiles = triton.cdiv(V, block_v)
-    wanted_programs = 4 if interpreted() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    wanted_programs = 4 * multiprocessors(device) if gpu_tiles() else 4
     splits = min(vocab_tiles, max(1, triton.cdiv(wanted_programs, row_programs)))
     tiles_per_split = triton.cdiv(vocab_tiles, splits)
     return triton.cdiv(vocab_tiles, tiles_per_split), tiles_per_split * block_v
@@ -285,7 +285,10 @@ def forward(hidden, weight, bias, targets, *, temperature: float, disallow_corre
     V = weight.shape[0]
     tiles = tiles_for(hidden.dtype)
     row_programs = triton.cdiv(M, tiles.forward_block_m)
-    splits, v_per_split = _vocab_splits(row_programs, V, tiles.forward_block_v, hidden.device)
+    geometry = current_geometry()  # a scaled-down counted launch splits the vocabulary as its real M does
+    split_rows = geometry.generator_head_split_rows if geometry and geometry.generator_head_split_rows else M
+    splits, v_per_split = _vocab_splits(triton.cdiv(split_rows, tiles.forward_block_m), V, tiles.forward_block_v,
+                                        hidden.device)
     partial = torch.empty((3, splits, M), dtype=torch.float32, device=hidden.device)
     partial_index = torch.empty((splits, M), dtype=torch.int64, device=hidden.device)
     # Each program accumulates its rows' g in its split's [M, E] slice (fp32; every element is written).

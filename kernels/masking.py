@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .constants import Stream
 from .philox import draw_uint32, draw_uniform, uint32_to_uniform
-from .registry import interpreted, register_launches
+from .registry import gpu_tiles, register_launches
 
 # Philox streams (constants.Stream, which electra_fast.rng reads too).
 STREAM_MASK_KEYS = tl.constexpr(int(Stream.MASK_KEYS))
@@ -175,7 +175,7 @@ def num_warps_for(block_l: int) -> int:
 def rows_per_program(batch: int, block_l: int) -> int:
     """One row per program on a GPU (B programs keep every SM busy); under the interpreter, whose cost is per
     operation rather than per element, as many rows as fit a tile of 2**14 tokens."""
-    if not interpreted():
+    if gpu_tiles():
         return 1
     return min(triton.next_power_of_2(batch), max(1, 2**14 // block_l))
 

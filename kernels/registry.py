@@ -8,6 +8,10 @@ no autograd, no transformers import. It is installed as ``electra_fast.kernels``
 * ``interpreted()`` says whether kernels run in the Triton interpreter (on CPU tensors) rather than compiled for
   a GPU. Launchers pick their tiles from it: the interpreter has no registers to spill and costs per program,
   not per element, so it runs larger tiles (fewer programs to simulate).
+* ``gpu_tiles()`` says whether launchers pick a GPU's tiles and grid: when compiled for a GPU, or inside
+  ``gpu_geometry(...)``, which also gives the SM count and architecture they read through
+  ``multiprocessors(device)`` and ``target_arch(device)`` (and two scaling fields for counted work); outside it
+  they read the device.
 * ``target_arch(device)`` is the architecture a GPU launch picks its tiles for ("sm_80", "sm_90"; kernels/tiles.py).
 * ``TRITON_DTYPES`` maps a torch dtype to its Triton dtype (for constexprs such as ``DOT_DTYPE``) and
   ``SIGNATURE_TYPES`` to its type in an AOT signature (``pointer_type(dtype)`` gives "*fp16", ...).
@@ -35,6 +39,7 @@ no autograd, no transformers import. It is installed as ``electra_fast.kernels``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 import torch
@@ -122,10 +127,66 @@ def _check_expect(expect):
 _capture_arch: list = []  # the architecture capture_launches is recording for (empty: launches run)
 
 
+@dataclass(frozen=True)
+class GpuGeometry:
+    """What launchers read of a GPU besides their inputs, given explicitly (``gpu_geometry``)."""
+
+    sms: int  # streaming multiprocessors: the generator head splits its vocabulary to fill them
+    arch: str  # the tile table's architecture ("sm_80", "sm_90") whose tiles attention takes
+    # Scaling fields for work counted on a scaled-down grid (electra_fast.workcount): None keeps the launch's own.
+    rtd_backward_groups: int | None = None  # at most this many RTD backward row groups (else MAX_BACKWARD_GROUPS)
+    generator_head_split_rows: int | None = None  # the generator head splits its vocabulary as for this many rows
+
+
+_geometry: contextvars.ContextVar[GpuGeometry | None] = contextvars.ContextVar("electra_fast_gpu_geometry",
+                                                                               default=None)
+
+
+@contextlib.contextmanager
+def gpu_geometry(*, sms: int, arch: str, rtd_backward_groups: int | None = None,
+                 generator_head_split_rows: int | None = None):
+    """Launch inside the block as on a GPU with ``sms`` SMs of the table architecture ``arch``, even under the
+    interpreter: GPU tiles and grids, SM count and architecture from here, not from the device. Yields the
+    ``GpuGeometry``; the previous one (usually none) is back on exit, an exception included."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if sms < 1 or any(n is not None and n < 1 for n in (rtd_backward_groups, generator_head_split_rows)):
+        raise ValueError("sms and the scaling fields must be at least 1 (the scaling fields may be None)")
+    geometry = GpuGeometry(sms, arch, rtd_backward_groups, generator_head_split_rows)
+    token = _geometry.set(geometry)
+    try:
+        yield geometry
+    finally:
+        _geometry.reset(token)
+
+
+def current_geometry() -> GpuGeometry | None:
+    """The innermost ``gpu_geometry`` in force, else None."""
+    return _geometry.get()
+
+
+def gpu_tiles() -> bool:
+    """Whether launchers pick a GPU's tiles and grid: compiled for a GPU, or inside ``gpu_geometry``. Else the
+    interpreter's own (it costs per program, not per element: larger tiles, fewer programs)."""
+    return not interpreted() or _geometry.get() is not None
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The SM count a launch on ``device`` sizes its grid for: ``gpu_geometry``'s, else the device's."""
+    geometry = _geometry.get()
+    if geometry is not None:
+        return geometry.sms
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def target_arch(device: torch.device) -> str:
-    """The tile table's architecture for a GPU launch on ``device`` (kernels/tiles.py maps other GPUs to it)."""
+    """The tile table's architecture for a GPU launch on ``device`` (kernels/tiles.py maps other GPUs to it):
+    the one being recorded (``capture_launches``), else ``gpu_geometry``'s, else the device's."""
     if _capture_arch:
         return _capture_arch[-1]
+    geometry = _geometry.get()
+    if geometry is not None:
+        return geometry.arch
     from .tiles import table_arch
 
     return table_arch(torch.cuda.get_device_capability(device))

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .constants import ACTIVATION_FUNCTIONS, RTD_COUNT_NAMES, activation_code
-from .registry import register_launches
+from .registry import current_geometry, register_launches
 
 # Activation codes (constexpr): the index of the function in constants.ACTIVATION_FUNCTIONS, which also maps
 # the transformers names onto them.
@@ -237,7 +237,9 @@ def backward(projected, dense_bias, prediction_weight, logits, labels, valid, gr
     """
     n_rows, width = projected.shape
     row_blocks = triton.cdiv(n_rows, BACKWARD_BLOCK_ROWS)
-    groups = min(row_blocks, MAX_BACKWARD_GROUPS)
+    geometry = current_geometry()  # a scaled-down counted launch keeps the real launch's rows per group
+    max_groups = geometry.rtd_backward_groups if geometry and geometry.rtd_backward_groups else MAX_BACKWARD_GROUPS
+    groups = min(row_blocks, max_groups)
     rows_per_group = triton.cdiv(row_blocks, groups) * BACKWARD_BLOCK_ROWS
     groups = triton.cdiv(n_rows, rows_per_group)
     chunks = triton.cdiv(width, BACKWARD_BLOCK_COLS)

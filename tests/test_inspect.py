@@ -1,5 +1,5 @@
-"""``electra-fast inspect``: counts scale exactly with the grid, and the kernels meet their work bounds
-(docs/design.md §7). Counting needs the Triton interpreter."""
+"""``electra-fast inspect`` (``electra_fast.workcount``): counts scale exactly with the grid, and the kernels meet
+their work bounds (docs/design.md §7). Counting needs the Triton interpreter."""
 
 import dataclasses
 import itertools
@@ -11,33 +11,34 @@ from electra_fast.kernels import registry
 
 pytestmark = pytest.mark.skipif(not registry.interpreted(), reason="counting patches the Triton interpreter")
 
-from electra_fast import cli, inspect  # noqa: E402
+from electra_fast import cli  # noqa: E402
+from electra_fast.workcount import model, problems, runs  # noqa: E402
 
 # Small vocabularies keep the generator head quick; 64 rows x P = 19 slots = 19 whole row units. With 800 ids
 # each vocabulary split is one tile; with 4000 the splits hold several tiles.
-PROBLEM = inspect.Problem("linearity", batch=64, seq_len=128, hidden=128, heads=2, embedding=64, vocab=800,
-                          mask_prob=0.15)
-CASES = [(kernel, PROBLEM) for kernel in inspect.KERNELS]
+PROBLEM = problems.Problem("linearity", batch=64, seq_len=128, hidden=128, heads=2, embedding=64, vocab=800,
+                           mask_prob=0.15)
+CASES = [(kernel, PROBLEM) for kernel in runs.KERNELS]
 CASES.append(("generator_head", dataclasses.replace(PROBLEM, vocab=4000)))
 
 
 def _totals(kernel, problem, units):
-    result = inspect.KERNELS[kernel][2](problem, units)
-    return {name: inspect.pass_totals(result[name]) for name in inspect.PASSES[kernel]}
+    result = runs.KERNELS[kernel].run(problem, units)
+    return {name: runs.pass_totals(result[name]) for name in problems.PASSES[kernel]}
 
 
 @pytest.mark.parametrize("kernel, problem", CASES, ids=[f"{k}-V{p.vocab}" for k, p in CASES])
 def test_counts_extrapolate_exactly_from_the_probes(kernel, problem):
     """Per-program work does not depend on the number of units: the counts at the probe corners, extrapolated
     one step further on every axis, equal the counts of a run there."""
-    probes = inspect.KERNELS[kernel][1](problem)
+    probes = runs.KERNELS[kernel].probes(problem)
     target = tuple(hi + (hi - lo) for lo, hi in probes)
     corners = {corner: _totals(kernel, problem, corner) for corner in itertools.product(*probes)}
     actual = _totals(kernel, problem, target)
-    for name in inspect.PASSES[kernel]:
+    for name in problems.PASSES[kernel]:
         for key in ("flops", "bytes"):
             values = {corner: totals[name][key] for corner, totals in corners.items()}
-            assert inspect.extrapolate(values, probes, target) == actual[name][key], (name, key)
+            assert runs.extrapolate(values, probes, target) == actual[name][key], (name, key)
         assert actual[name]["out_of_bounds"] == 0
 
 
@@ -45,7 +46,7 @@ def test_counts_extrapolate_exactly_from_the_probes(kernel, problem):
 def test_counts_are_linear_in_the_grid(kernel):
     """Where the grid is the only thing that grows, the counts of 2 units are twice those of 1."""
     one, two = _totals(kernel, PROBLEM, (1,)), _totals(kernel, PROBLEM, (2,))
-    for name in inspect.PASSES[kernel]:
+    for name in problems.PASSES[kernel]:
         assert two[name]["flops"] == 2 * one[name]["flops"] and two[name]["bytes"] == 2 * one[name]["bytes"]
 
 
@@ -68,7 +69,7 @@ def test_records_have_every_field_and_no_out_of_bounds(records):
     fields = {"kernel", "pass", "shape", "flops", "min_flops", "bytes", "min_bytes", "registers", "spills",
               "shared_bytes", "out_of_bounds"}
     assert {(row["kernel"], row["pass"]) for row in records} == {
-        (kernel, name) for kernel, names in inspect.PASSES.items() for name in names}
+        (kernel, name) for kernel, names in problems.PASSES.items() for name in names}
     for row in records:
         assert fields <= set(row), row["kernel"]
         assert row["out_of_bounds"] == 0, row
@@ -81,12 +82,12 @@ def test_records_have_every_field_and_no_out_of_bounds(records):
 
 def test_occupancy_model_follows_the_cuda_rules():
     # 4 warps at 128 registers: 16 KiB registers per block -> 4 blocks -> 16 of 64 warps.
-    assert inspect.occupancy(128, 0, 4, "sm_90a") == 0.25
+    assert model.occupancy(128, 0, 4, "sm_90a") == 0.25
     # 255 registers round up to 256 per thread: 2 blocks of 4 warps on 64 Ki registers.
-    assert inspect.occupancy(255, 0, 4, "sm_80") == 0.125
+    assert model.occupancy(255, 0, 4, "sm_80") == 0.125
     # Shared memory binds: 100 KiB (+1 KiB) per block fits once on an A100's 164 KiB, twice on an H100's 228 KiB.
-    assert inspect.occupancy(32, 100 * 1024, 4, "sm_80") == 4 / 64
-    assert inspect.occupancy(32, 100 * 1024, 4, "sm_90a") == 8 / 64
+    assert model.occupancy(32, 100 * 1024, 4, "sm_80") == 4 / 64
+    assert model.occupancy(32, 100 * 1024, 4, "sm_90a") == 8 / 64
 
 
 @pytest.mark.slow
@@ -114,7 +115,7 @@ def test_generator_head_fused_design_within_four_gemms(records):
 
     (total,) = _find(records, "generator_head", "fwd+bwd")
     assert total["flops"] <= 1.4 * total["min_flops"], total["flops"] / total["min_flops"]
-    problem = inspect.Problem(**total["problem"])
+    problem = problems.Problem(**total["problem"])
     rows, tiles = problem.batch * problem.masked, tiles_for_gpu(torch.float16)
 
     def padded(n, block):
@@ -138,8 +139,8 @@ def test_generator_head_fused_work_at_the_presets_widths():
     GEMMs; E is walked in chunks, each logit tile computed once per pass, so the ratio does not grow with E."""
     for embedding in (128, 768, 1024):
         problem = dataclasses.replace(PROBLEM, embedding=embedding, batch=64, vocab=1000)
-        counts = inspect.scaled_counts("generator_head", problem)
-        minimum = inspect.generator_head_minimum(problem)
+        counts = runs.scaled_counts("generator_head", problem)
+        minimum = problems.generator_head_minimum(problem)
         assert counts["fwd+bwd"]["flops"] <= 1.4 * minimum["fwd+bwd"][0], embedding
         assert counts["fwd+bwd"]["out_of_bounds"] == 0
 
@@ -152,9 +153,9 @@ def test_auto_strategy_agrees_with_the_counted_work_at_electras_shapes():
     from electra_fast.fused import generator_head_strategy as strategies
 
     peak, bandwidth = strategies.current_peaks()
-    for problem in inspect.problems("full"):
-        fused = inspect.scaled_counts("generator_head", problem)["fwd+bwd"]
-        chunked = inspect.scaled_counts("generator_head_chunked", problem)["fwd+bwd"]
+    for problem in problems.problems("full"):
+        fused = runs.scaled_counts("generator_head", problem)["fwd+bwd"]
+        chunked = runs.scaled_counts("generator_head_chunked", problem)["fwd+bwd"]
         counted = {"fused": max(fused["flops"] / peak, fused["bytes"] / bandwidth),
                    "chunked": chunked["flops"] / peak + chunked["bytes"] / bandwidth}
         rows = problem.batch * problem.masked

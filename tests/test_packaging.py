@@ -19,6 +19,8 @@ def test_wheel_contains_kernels_under_electra_fast_and_imports_elsewhere(tmp_pat
     (wheel,) = wheel_dir.glob("electra_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "electra_fast/kernels/philox.py" in names
+    subpackages = {path.relative_to(ROOT).as_posix() for path in (ROOT / "electra_fast").glob("*/__init__.py")}
+    assert subpackages and subpackages <= set(names), subpackages - set(names)  # setup.py lists every one
     assert "electra_fast/kernels/tile_table.json" in names and "electra_fast/kernels/tile_candidates.json" in names
     assert not any(name.startswith("kernels/") for name in names)
     assert any(name.endswith("entry_points.txt") for name in names)

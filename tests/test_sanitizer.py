@@ -14,8 +14,8 @@ from electra_fast.kernels import registry
 
 pytestmark = pytest.mark.skipif(not registry.interpreted(), reason="the checker patches the Triton interpreter")
 
-from electra_fast.inspect import gpu_launch_geometry  # noqa: E402
 from electra_fast.sanitizer import sanitize  # noqa: E402
+from electra_fast.workcount.runs import gpu_launch  # noqa: E402
 
 
 @triton.jit
@@ -187,7 +187,7 @@ def _philox_launches():
 def test_every_kernel_launch_stays_in_bounds(geometry):
     """Tiles as the interpreter runs them (fp32 here) and as a GPU runs them (fp16; dot values skipped)."""
     dtype = torch.float32 if geometry == "interpreter_tiles" else torch.float16
-    context = gpu_launch_geometry() if geometry == "device_tiles" else contextlib.nullcontext()
+    context = gpu_launch() if geometry == "device_tiles" else contextlib.nullcontext()
     with context, sanitize(skip_dot_math=geometry == "device_tiles") as launches:
         _masking_launches()
         _generator_head_launches(dtype)
