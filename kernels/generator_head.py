@@ -351,12 +351,23 @@ AOT_SEED = 0x2545F4914F6CDD1D  # a step seed of 62 bits, as electra_fast.rng dra
 AOT_SMS = {"sm_80": 108, "sm_90": 132}  # the vocabulary splits' SM count (A100, H100); no effect on the binary
 
 
-def representative_launch(dtype: torch.dtype, width: int, *, compute_grad: bool, rows: int = AOT_ROWS,
+def representative_launch(dtype: torch.dtype, width: int, *, arch: str, compute_grad: bool, rows: int = AOT_ROWS,
                           vocab: int = AOT_VOCAB):
     """The forward (with or without gradients) and, with gradients, the backward as the model calls them on a
     GPU, on CPU tensors (the AOT compile records the launches instead of running them): contiguous hidden rows
     of the masked slots, the tied [V, E] embedding as weight, a [V] bias, int64 targets, fp32 LSE and row
-    scales. torch.empty: only shapes, strides, dtypes and addresses matter to the recorder."""
+    scales, sized for ``arch``'s SM count. torch.empty: only shapes, strides, dtypes and addresses matter to the
+    recorder."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    # _vocab_splits sizes the grid from the device's SM count; the recording runs on the CPU.
+    properties = SimpleNamespace(multi_processor_count=AOT_SMS[arch])
+    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: properties):
+        _launch(dtype, width, compute_grad, rows, vocab)
+
+
+def _launch(dtype, width, compute_grad, rows, vocab):
     hidden = torch.empty(rows, width, dtype=dtype)
     weight = torch.empty(vocab, width, dtype=dtype)
     bias = torch.empty(vocab, dtype=dtype)
@@ -371,18 +382,12 @@ def _register_launch_configs():
     """The launches of a GPU at ELECTRA's widths, with and without gradients. In bf16 and fp16 the GEMM loops
     must issue wgmma on sm_90a and stream h/W chunks with 16-byte asynchronous copies; fp32 runs IEEE products
     on CUDA cores with tiles too narrow for 16-byte copies (4-byte cp.async), so only the common checks."""
-    from types import SimpleNamespace
-    from unittest import mock
-
     def launches(dtypes):
         def run(arch):  # the launchers pick arch's tiles through registry.target_arch while it records
-            # _vocab_splits sizes the grid from the device's SM count; the recording runs on the CPU.
-            properties = SimpleNamespace(multi_processor_count=AOT_SMS[arch])
-            with mock.patch.object(torch.cuda, "get_device_properties", lambda device: properties):
-                for dtype in dtypes:
-                    for width in AOT_WIDTHS:
-                        for compute_grad in (True, False):
-                            representative_launch(dtype, width, compute_grad=compute_grad)
+            for dtype in dtypes:
+                for width in AOT_WIDTHS:
+                    for compute_grad in (True, False):
+                        representative_launch(dtype, width, arch=arch, compute_grad=compute_grad)
         return run
 
     register_launches(launches((torch.bfloat16, torch.float16)), expect=("wgmma", "async_copy"))
