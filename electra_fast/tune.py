@@ -6,10 +6,12 @@ base shape), drops those that fail a check (the Triton tutorial's rule on sm_90,
 the limit, no wgmma in the loop on sm_90a, no asynchronous copy in the loop), ranks the rest with ``model_cost``
 and writes the winners into the table (bf16's winner serves fp16 too: the two compile the same instructions with
 another MMA type), the survivors into ``tile_candidates.json`` beside it, and every candidate with the check it
-failed into DIR. Entries for other head dims keep their hand-picked tiles.
+failed into DIR. Entries for other head dims keep their hand-picked tiles. ``prune-head`` does the same for the
+generator head (electra_fast.tune_head).
 
 ``electra-fast tune`` (GPU only) times every surviving candidate of this GPU's table architecture on the real
-kernels and rewrites the table with the fastest. Nothing tunes during training: launchers only read the table.
+kernels (attention's and the generator head's, electra_fast.tune_head) and rewrites the table with the fastest.
+Nothing tunes during training: launchers only read the table.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+from . import tune_head
+from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH  # shared with tune_head
 
 # The shape the model ranks and tune times: ELECTRA-Base at the GPU check's 16 x 512, hidden size 768 (12 heads
 # of 64; 6 of 128 for the 128 head-dim family).
@@ -38,19 +43,6 @@ KERNELS = ("forward", "dq", "dkdv")
 OWN_IS_M = {"forward": True, "dq": True, "dkdv": False}
 # Per kernel: tl.dot calls per loop step, tensors streamed per step, exp2 per score.
 WORK = {"forward": (2, 2), "dq": (3, 2), "dkdv": (4, 2)}
-# The model's machine (data-sheet figures per SM and cycle): SMs, dense 16-bit MMA FLOP, L2 bytes, MUFU exp2,
-# 32-bit integer multiplies (Philox), registers, shared memory and warps per SM, load latency in cycles.
-MACHINES = {
-    "sm_80": dict(sms=108, mma=2048, l2=64, mufu=16, imul=64, registers=65536, shared=164 * 1024, warps=64,
-                  latency=600),
-    "sm_90": dict(sms=132, mma=4096, l2=96, mufu=16, imul=64, registers=65536, shared=228 * 1024, warps=64,
-                  latency=600),
-}
-# Philox-4x32 with 10 rounds: about 4 integer multiplies per round for each dropout draw.
-PHILOX_MULTIPLIES = 40
-# Shared memory a candidate may use: sm_80's entries also serve sm_86/89/12x (99 KB per block, kernels/tiles.py).
-SHARED_CAP = {"sm_80": 99 * 1024, "sm_90": 227 * 1024}
-TABLE_ARCH = {"sm_80": 80, "sm_90": 90}
 
 
 def candidates(kernel: str, arch: str, head_dim: int = 64):
@@ -233,8 +225,9 @@ def verify(out_dir: Path) -> int:
     return 0
 
 
-def tune(out: Path | None, kernels: tuple = KERNELS, repeats: int = 50) -> int:
-    """Time every surviving candidate of this GPU's architecture and write the fastest into the table."""
+def tune(out: Path | None, kernels: tuple = KERNELS + ("generator_head",), repeats: int = 50) -> int:
+    """Time every surviving candidate of this GPU's architecture (attention's ``kernels`` and, if named, the
+    generator head's combinations, electra_fast.tune_head) and write the fastest into the table."""
     if not torch.cuda.is_available():
         print("electra-fast tune needs a CUDA GPU: it times the kernels' candidate tiles on the device and "
               "rewrites the tile table (nothing is tuned on the CPU)", file=sys.stderr)
@@ -256,7 +249,7 @@ def tune(out: Path | None, kernels: tuple = KERNELS, repeats: int = 50) -> int:
         filled = torch.full((b,), length, device="cuda", dtype=torch.int32)
         bounds = torch.stack([torch.zeros_like(filled), filled, filled, filled])
         bias = torch.zeros(b, length, device="cuda")
-        for kernel, dropout in itertools.product(kernels, (False, True)):
+        for kernel, dropout in itertools.product([k for k in kernels if k in KERNELS], (False, True)):
             p, seed = (0.1, attention.AOT_SEED) if dropout else (0.0, 0)
             args = (q, k, v, bias, bounds, length, length, d**-0.5, p, seed)
             out, lse = attention.forward(*args)
@@ -284,6 +277,8 @@ def tune(out: Path | None, kernels: tuple = KERNELS, repeats: int = 50) -> int:
                         f"attention.{kernel}", arch, dtype_name, d, dropout):
                     entry.update(best)
                     entry["source"] = f"tuned on {name} ({ms:.4f} ms at {b}x{length}, {heads} heads)"
+    if "generator_head" in kernels:
+        tune_head.tune(table, arch, name, repeats)
     text = tiles.dumps(table)
     tiles.parse(json.loads(text), "the tuned table")
     (out or tiles.TABLE_PATH).write_text(text)
@@ -296,7 +291,8 @@ def add_parser(commands) -> None:
     detail = __doc__.split("\n\n")[2].replace("\n", " ").replace("``", "")
     parser = commands.add_parser("tune", help=what, description=f"{what[0].upper()}{what[1:]}. {detail}")
     parser.add_argument("--out", type=Path, help="write the table here instead of over the installed one")
-    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS + ("generator_head",),
+                        default=list(KERNELS) + ["generator_head"])
     parser.set_defaults(handler=lambda args: tune(args.out, tuple(args.kernels)))
 
 
@@ -308,9 +304,12 @@ def main(argv=None) -> int:
     pruning.add_argument("--head-dim", type=int, choices=HEAD_DIMS, required=True)
     checking = commands.add_parser("verify", help="compile the winners under this Triton; replace those that fail")
     checking.add_argument("--out", type=Path, required=True, help="folder for verify-<Triton version>.json")
+    head = commands.add_parser("prune-head", help="prune the generator head's candidates on the CPU under this Triton "
+                               "(survivors must also pass the other Triton's record in DIR) and write the table")
+    head.add_argument("--out", type=Path, required=True, help="folder for pruning-generator-head-<version>.json")
     add_parser(commands)
     args = parser.parse_args(argv)
-    if args.command in ("prune", "verify"):
+    if args.command in ("prune", "verify", "prune-head"):
         from .backend import interpreter_enabled
 
         if interpreter_enabled():
@@ -318,6 +317,11 @@ def main(argv=None) -> int:
             return 2
     if args.command == "verify":
         return verify(args.out)
+    if args.command == "prune-head":
+        winners = tune_head.prune(args.out)
+        for arch, best in sorted(winners.items()):
+            print(arch, best)
+        return 0 if len(winners) == len(MACHINES) else 1
     if args.command == "prune":
         winners = prune(args.out, args.head_dim)
         for key, best in sorted(winners.items()):

@@ -39,9 +39,20 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tiles as tile_table
 from .constants import Stream
 from .philox import draw_uniform
-from .registry import TRITON_DTYPES, current_geometry, gpu_tiles, interpreted, multiprocessors, pointer_type, register
+from .registry import (
+    SIGNATURE_TYPES,
+    TRITON_DTYPES,
+    current_geometry,
+    gpu_geometry,
+    gpu_tiles,
+    interpreted,
+    multiprocessors,
+    register_launches,
+    target_arch,
+)
 
 GUMBEL_STREAM = tl.constexpr(int(Stream.GUMBEL))  # constants.Stream, as electra_fast.rng
 
@@ -60,28 +71,28 @@ class Tiles:
     num_stages: int
 
 
-# fp16/bf16 on a GPU: logit tiles of 64 x 64 (forward) and 128 x 64 (backward, vocabulary ids first), so each
-# tl.dot has an M side of 64 or 128 (wgmma on sm_90a) with 8 warps, two warpgroups; E in chunks of 32 streamed
-# in 3 stages (cp.async). Registers bound them, under Triton 3.6 and 3.9 on sm_80 and sm_90a alike: the forward's
-# tile holds a Philox draw per element (64 x 128 spilled), and 64-wide E chunks spilled on sm_80.
-GPU_16BIT_TILES = Tiles(forward_block_m=64, forward_block_v=64, backward_block_m=64, backward_block_v=128,
-                        block_e=32, num_warps=8, num_stages=3)
-# fp32 on a GPU: IEEE products on CUDA cores (no tensor cores in either design), so no wgmma to shape the tiles
-# for; small tiles keep every build under ptxas's register caps (larger ones, and 4 warps, spilled in some of
-# the four Triton version x architecture builds).
-GPU_FP32_TILES = Tiles(forward_block_m=32, forward_block_v=32, backward_block_m=32, backward_block_v=32,
-                       block_e=16, num_warps=8, num_stages=2)
+# GPU tiles: the tile table's "generator_head" entries (kernels/tile_table.json, keyed by architecture and dtype;
+# E-independent, since E is a loop bound walked in chunks), pruned on the CPU by ``python -m electra_fast.tune
+# prune-head`` (docs/design.md §7.5). fp16/bf16: logit tiles whose dot M side is at least 64 (wgmma on sm_90a)
+# in whole warpgroups, E streamed in chunks with several stages (cp.async). fp32: IEEE products on CUDA cores,
+# no wgmma to shape the tiles for; small tiles keep every build under ptxas's register caps.
 # The interpreter's cost is per program and per loop step, not per element: few large tiles, a 64-wide E chunk
 # (so E = 80 or 300 still runs the chunk loop with a partial last chunk).
 INTERPRETER_TILES = Tiles(forward_block_m=64, forward_block_v=64, backward_block_m=64, backward_block_v=64,
                           block_e=64, num_warps=4, num_stages=1)
 
 
-def tiles_for_gpu(dtype: torch.dtype) -> Tiles:
-    """The GPU tiles for inputs of ``dtype``, the same at every E (E is a loop bound, walked in chunks): one
-    compiled kernel per pass and dtype serves every width, which the AOT compile (sm_80 and sm_90a) builds
-    without spills (tests/test_aot_compile.py)."""
-    return GPU_FP32_TILES if dtype == torch.float32 else GPU_16BIT_TILES
+def tiles_for_gpu(dtype: torch.dtype, arch: str | None = None) -> Tiles:
+    """The GPU tiles for inputs of ``dtype`` on the table architecture ``arch`` (default: the one a launch here
+    targets, registry.target_arch; sm_90 where no GPU is present, as the counted work and the auto rule model an
+    H100), the same at every E: one compiled kernel per pass and dtype serves every width, which the AOT compile
+    (sm_80 and sm_90a) builds without spills (tests/test_aot_compile.py)."""
+    if arch is None:
+        try:
+            arch = target_arch(None)
+        except (AssertionError, RuntimeError):  # no CUDA here: torch.cuda cannot name a device
+            arch = "sm_90"
+    return Tiles(**tile_table.lookup("generator_head", arch, dtype=SIGNATURE_TYPES[dtype]))
 
 
 def tiles_for(dtype: torch.dtype) -> Tiles:
@@ -343,35 +354,52 @@ def backward(hidden, weight, bias, targets, lse, row_scale):
     return grad_weight32.to(weight.dtype), grad_bias
 
 
-def _register_launch_configs():
-    """Every constexpr combination the launchers use on a GPU, for the AOT compile check, in bf16 (fp16
-    compiles the same code) and fp32. E is a runtime loop bound: the same binaries serve every E."""
-    for dtype in (torch.bfloat16, torch.float32):
-        tensor = pointer_type(dtype)
-        inputs = {"hidden_ptr": tensor, "weight_ptr": tensor, "bias_ptr": tensor, "targets_ptr": "*i64"}
-        strides = {"stride_hm": "i32", "stride_he": "i32", "stride_wv": "i32", "stride_we": "i32"}
-        sizes = {"M": "i32", "V": "i32", "E": "i32"}
-        tiles = tiles_for_gpu(dtype)
-        options = dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-        common = {"DOT_DTYPE": TRITON_DTYPES[dtype], "INPUT_PRECISION": "ieee", "BLOCK_E": tiles.block_e}
-        for compute_grad in (True, False):
-            register(
-                generator_head_forward_kernel,
-                {**inputs, "partial_lse_ptr": "*fp32", "partial_target_ptr": "*fp32",
-                 "partial_score_ptr": "*fp32", "partial_index_ptr": "*i64", "partial_grad_ptr": "*fp32",
-                 "seed": "i64", "temperature": "fp32", "disallow_correct": "i32", **sizes, "v_per_split": "i32",
-                 **strides},
-                {**common, "BLOCK_M": tiles.forward_block_m, "BLOCK_V": tiles.forward_block_v,
-                 "COMPUTE_GRAD": compute_grad},
-                **options,
-            )
-        register(
-            generator_head_backward_kernel,
-            {**inputs, "lse_ptr": "*fp32", "row_scale_ptr": "*fp32", "grad_weight_ptr": "*fp32",
-             "grad_bias_ptr": "*fp32", **sizes, **strides, "stride_gv": "i32"},
-            {**common, "BLOCK_M": tiles.backward_block_m, "BLOCK_V": tiles.backward_block_v},
-            **options,
-        )
+# The AOT's representative launches (docs/design.md §6): ELECTRA generator widths (tiny 64, small 128 at 1/4 of
+# the discriminator, base 768 and large 1024 at their full hidden size), 16 x 79 masked slots (15.5 % of 512
+# tokens at batch 16; a multiple of 16 as the slot layout pads it), BERT's 30522-id vocabulary with a bias.
+AOT_WIDTHS = (64, 128, 768, 1024)
+AOT_ROWS = 16 * 79
+AOT_VOCAB = 30522
+AOT_SEED = 0x2545F4914F6CDD1D  # a step seed of 62 bits, as electra_fast.rng draws them (do_not_specialize)
+AOT_SMS = {"sm_80": 108, "sm_90": 132}  # the vocabulary splits' SM count (A100, H100); no effect on the binary
 
+
+def representative_launch(dtype: torch.dtype, width: int, *, arch: str, compute_grad: bool, rows: int = AOT_ROWS,
+                          vocab: int = AOT_VOCAB):
+    """The forward (with or without gradients) and, with gradients, the backward as the model calls them on a
+    GPU, on CPU tensors (the AOT compile records the launches instead of running them): contiguous hidden rows
+    of the masked slots, the tied [V, E] embedding as weight, a [V] bias, int64 targets, fp32 LSE and row
+    scales, sized for ``arch``'s SM count. torch.empty: only shapes, strides, dtypes and addresses matter to the
+    recorder."""
+    # _vocab_splits sizes the grid from the SM count; the recording runs on the CPU, so the geometry says it.
+    with gpu_geometry(sms=AOT_SMS[arch], arch=arch):
+        _launch(dtype, width, compute_grad, rows, vocab)
+
+
+def _launch(dtype, width, compute_grad, rows, vocab):
+    hidden = torch.empty(rows, width, dtype=dtype)
+    weight = torch.empty(vocab, width, dtype=dtype)
+    bias = torch.empty(vocab, dtype=dtype)
+    targets = torch.zeros(rows, dtype=torch.int64)
+    lse, *_ = forward(hidden, weight, bias, targets, temperature=1.0, disallow_correct=True, seed=AOT_SEED,
+                      compute_grad=compute_grad)
+    if compute_grad:
+        backward(hidden, weight, bias, targets, lse, torch.ones(rows))
+
+
+def _register_launch_configs():
+    """The launches of a GPU at ELECTRA's widths, with and without gradients. In bf16 and fp16 the GEMM loops
+    must issue wgmma on sm_90a and stream h/W chunks with 16-byte asynchronous copies; fp32 runs IEEE products
+    on CUDA cores with tiles too narrow for 16-byte copies (4-byte cp.async), so only the common checks."""
+    def launches(dtypes):
+        def run(arch):  # the launchers pick arch's tiles through registry.target_arch while it records
+            for dtype in dtypes:
+                for width in AOT_WIDTHS:
+                    for compute_grad in (True, False):
+                        representative_launch(dtype, width, arch=arch, compute_grad=compute_grad)
+        return run
+
+    register_launches(launches((torch.bfloat16, torch.float16)), expect=("wgmma", "async_copy"))
+    register_launches(launches((torch.float32,)))
 
 _register_launch_configs()

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .generator_head import gumbel_scores
-from .registry import pointer_type, register
+from .registry import register_launches
 
 BLOCK_V = 1024  # lanes per program: a row of 30522 logits is 30 sweeps of coalesced 4 KiB loads
 
@@ -102,19 +102,27 @@ def forward(logits, targets, row_scale, lse, target_logit, samples, *, grad_logi
     )
 
 
+AOT_ROWS = 1024  # a chunk of rows (the fused entry's default chunk at ELECTRA-Base's masked slots)
+AOT_VOCAB = 30522
+
+
 def _register_launch_configs():
-    """The launches of a GPU: gradients in bf16 (fp16 compiles the same code) or fp32, with and without them."""
-    for dtype in (torch.bfloat16, torch.float32):
-        for compute_grad in (True, False):
-            register(
-                chunk_epilogue_kernel,
-                {"logits_ptr": "*fp32", "grad_logits_ptr": pointer_type(dtype), "targets_ptr": "*i64",
-                 "row_scale_ptr": "*fp32", "lse_ptr": "*fp32", "target_logit_ptr": "*fp32", "samples_ptr": "*i64",
-                 "seed": "i64", "temperature": "fp32", "disallow_correct": "i32", "row_offset": "i32", "V": "i32",
-                 "stride_logits": "i32", "stride_grad": "i32"},
-                {"BLOCK_V": BLOCK_V, "COMPUTE_GRAD": compute_grad},
-                num_warps=8, num_stages=1,
-            )
+    """The launches of a GPU (docs/design.md §6), as the chunked design makes them: a contiguous fp32 [rows, V]
+    chunk of logits; with gradients written into it (fp32 inputs) or into a 16-bit copy (bf16, fp16), and
+    without. No GEMM here and one pipeline stage: nothing to expect of the SASS beyond the common checks."""
+
+    def run(arch):
+        del arch  # one configuration serves every architecture
+        logits = torch.empty(AOT_ROWS, AOT_VOCAB)
+        stats = [torch.empty(AOT_ROWS) for _ in range(2)]
+        samples = torch.empty(AOT_ROWS, dtype=torch.int64)
+        targets, row_scale = torch.zeros(AOT_ROWS, dtype=torch.int64), torch.ones(AOT_ROWS)
+        for grad_logits in (None, logits, torch.empty_like(logits, dtype=torch.bfloat16),
+                            torch.empty_like(logits, dtype=torch.float16)):
+            forward(logits, targets, row_scale, *stats, samples, grad_logits=grad_logits, temperature=1.0,
+                    disallow_correct=True, seed=0x2545F4914F6CDD1D, row_offset=0)
+
+    register_launches(run)
 
 
 _register_launch_configs()

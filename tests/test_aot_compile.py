@@ -60,6 +60,41 @@ def test_attention_loops_issue_wgmma_on_sm90a_and_stream_with_asynchronous_copie
     assert all(row["async_copies_in_loop"] > 0 for row in attention)
 
 
+GENERATOR_HEAD = ("generator_head_forward_kernel", "generator_head_backward_kernel")
+
+
+def test_generator_head_is_compiled_from_its_launchers_with_the_jit_specialisation(report):
+    """Every pass (forward with and without gradients, backward) in bf16, fp16 and fp32 on both architectures,
+    from captured launches: aligned pointers and the row strides divisible by 16 (ELECTRA's E), unit column
+    strides constant, the step seed neither (do_not_specialize), as for every seeded kernel."""
+    _, rows = report
+    head = [row for row in rows if row["kernel"].startswith(GENERATOR_HEAD)]
+    passes = {(row["kernel"].split("[")[0], "COMPUTE_GRAD=True" in row["kernel"], row["arch"],
+               row["kernel"].split("DOT_DTYPE=")[1].split(",")[0]) for row in head}
+    assert len(passes) == 3 * 3 * 2, sorted(passes)
+    for row in head:
+        spec = row["specialisation"]
+        assert {"hidden_ptr", "weight_ptr", "stride_hm", "stride_wv", "E"} <= set(spec["divisible"]), row["kernel"]
+        assert {"stride_he", "stride_we"} <= set(spec["constants"]), row["kernel"]
+    seeded = [row for row in rows if row["kernel"].startswith(("generator_head_forward", "chunk_epilogue",
+                                                               "mask_tokens", "attention"))]
+    assert all("seed" not in row["specialisation"]["divisible"] + row["specialisation"]["constants"]
+               for row in seeded)
+    assert any(row["kernel"].startswith("chunk_epilogue_kernel") for row in rows)
+
+
+def test_generator_head_loops_issue_wgmma_on_sm90a_and_stream_with_asynchronous_copies(report):
+    """16-bit passes: HGMMA inside the GEMM loops on sm_90a (no HMMA), 16-byte cp.async of the h/W chunks in
+    the loops on both architectures. fp32 passes use IEEE products: no HGMMA expected."""
+    _, rows = report
+    head = [row for row in rows if row["kernel"].startswith(GENERATOR_HEAD)]
+    half = [row for row in head if row["sixteen_bit"]]
+    assert half and all(set(row["expect"]) == {"wgmma", "async_copy"} for row in half)
+    assert all(row["hgmma_in_loop"] > 0 and row["hmma"] == 0 for row in half if row["arch"] == "sm_90a")
+    assert all(row["async_copies_in_loop"] > 0 for row in half)
+    assert all(row["expect"] == [] and row["hgmma"] == 0 for row in head if not row["sixteen_bit"])
+
+
 def test_the_checks_fail_what_they_should():
     """A row without HGMMA or async copies where they are expected, with a spill or over the shared-memory limit
     is reported; expectations only bind where they apply (wgmma: sm_90a with 16-bit inputs)."""

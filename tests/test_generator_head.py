@@ -486,6 +486,31 @@ def test_fused_tiles_are_wgmma_shaped_and_do_not_depend_on_the_width():
     assert not kernel.has_wgmma(narrow, torch.bfloat16)
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_fused_design_with_the_gpu_tiles_of_the_table(device, monkeypatch, arch):
+    """The tile table's GPU tiles (fp32's and fp16's, which bf16 shares), forced under the interpreter on a
+    small odd shape (partial tiles on every side, E not a multiple of the E chunk, several vocabulary splits):
+    fp32 within 1e-5 of fp64, fp16 within 2x PyTorch's fp16 error, samples bitwise the reference's. The
+    interpreter tests otherwise run the interpreter's tiles."""
+    from electra_fast.kernels import generator_head as kernel
+
+    monkeypatch.setattr(kernel, "tiles_for", lambda dtype: kernel.tiles_for_gpu(dtype, arch))
+    inputs = make_inputs(150, 300, 80, device=device, seed=23, zero_rows=(3,))
+    loss, samples, grads = kernel_loss_and_grads(*inputs, seed=5, strategy="fused")
+    truth_loss, truth_grads = torch_loss_and_grads(*inputs, dtype=torch.float64)
+    assert_close_to_fp64(loss, grads, truth_loss, truth_grads)
+    assert torch.equal(samples, reference.generator_loss_and_sample(*inputs, seed=5)[1])
+    hidden, weight, bias = (t.half() for t in inputs[:3])
+    loss, _, grads = kernel_loss_and_grads(hidden, weight, bias, *inputs[3:], seed=5, strategy="fused")
+    torch_loss, torch_grads = torch_loss_and_grads(hidden, weight, bias, *inputs[3:], dtype=torch.float16)
+    truth_loss, truth_grads = torch_loss_and_grads(hidden, weight, bias, *inputs[3:], dtype=torch.float64)
+    for name, value, low_precision, truth in zip(
+        ("loss", "dh", "dW", "db"), (loss, *grads), (torch_loss, *torch_grads), (truth_loss, *truth_grads)
+    ):
+        assert_parity(value, low_precision, truth, f"{name} (fp16, {arch} tiles)",
+                      slack=1e-5 * truth.abs().max().item())
+
+
 def test_auto_never_picks_fused_tiles_without_wgmma(monkeypatch):
     from electra_fast.fused import generator_head_strategy as strategies
 

@@ -32,6 +32,53 @@ def test_the_same_inputs_always_get_the_same_tiles():
     assert set(attention._tile_configs(torch.float32, 64, False, None).values()) == {attention.INTERPRETER_TILES}
 
 
+def test_every_generator_head_launch_a_gpu_can_make_has_one_entry_read_by_its_launchers():
+    """One entry per (architecture, dtype), E-independent; the 16-bit ones wgmma-shaped; tiles_for_gpu is the
+    table's (an override through tiles.using reaches it)."""
+    import dataclasses
+
+    from electra_fast.kernels import generator_head
+
+    for arch in tiles.ARCHS:
+        for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+            found = generator_head.tiles_for_gpu(dtype, arch)
+            assert dataclasses.asdict(found) == tiles.lookup("generator_head", arch, dtype=name)
+            assert generator_head.has_wgmma(found, dtype) == (dtype != torch.float32)
+    other = {**tiles.lookup("generator_head", "sm_90", dtype="bf16"), "num_stages": 4, "block_e": 64}
+    with tiles.using({("generator_head", "sm_90", "bf16"): other}):
+        assert dataclasses.asdict(generator_head.tiles_for_gpu(torch.bfloat16, "sm_90")) == other
+
+
+def test_the_generator_head_entries_are_the_pruning_winners():
+    """The table's 16-bit generator-head entries are the first-ranked surviving combination of their
+    architecture (tile_candidates_generator_head.json, written with the table by tune prune-head)."""
+    from electra_fast import tune_head
+
+    found = json.loads(tune_head.candidates_path().read_text())
+    for arch in tiles.ARCHS:
+        ranked = sorted((c for c in found if c["arch"] == arch), key=tune_head._rank)
+        assert ranked, arch
+        for dtype in ("bf16", "fp16"):
+            entry = tiles.lookup("generator_head", arch, dtype=dtype)
+            assert entry == {k: ranked[0][k] for k in tune_head.TILE_FIELDS}
+
+
+def test_the_generator_head_model_counts_the_accumulator_traffic():
+    """8 * E bytes per owned row and logit tile: with everything else equal, a wider tile on the accumulator's
+    other side (forward: vocabulary ids; backward: rows) models fewer cycles; the forward without gradients has
+    no accumulator."""
+    from electra_fast import tune_head
+
+    row = dict(registers=128, shared_bytes=32 * 1024)
+    base = dict(forward_block_m=64, forward_block_v=64, backward_block_m=64, backward_block_v=64, block_e=32,
+                num_warps=4, num_stages=3)
+    for name, side in (("forward_grad", "forward_block_v"), ("backward", "backward_block_m")):
+        narrow = tune_head.model_cost(name, "sm_90", base, row)
+        assert tune_head.model_cost(name, "sm_90", {**base, side: 128}, row) < narrow
+    assert tune_head.model_cost("forward", "sm_90", base, row) < tune_head.model_cost("forward_grad", "sm_90", base,
+                                                                                      row)
+
+
 @pytest.mark.parametrize("capability, arch", [((8, 0), "sm_80"), ((8, 6), "sm_80"), ((8, 9), "sm_80"),
                                               ((9, 0), "sm_90"), ((10, 0), "sm_90"), ((12, 0), "sm_80"),
                                               ((7, 5), "sm_80")])

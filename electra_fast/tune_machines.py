@@ -1,0 +1,16 @@
+"""What the tile pruning's cost models assume of each table architecture (electra_fast.tune, electra_fast.tune_head;
+docs/design.md §7.5)."""
+
+# The model's machine (data-sheet figures per SM and cycle): SMs, dense 16-bit MMA FLOP, L2 bytes, MUFU exp2,
+# 32-bit integer multiplies (Philox), registers, shared memory and warps per SM, load latency in cycles.
+MACHINES = {
+    "sm_80": dict(sms=108, mma=2048, l2=64, mufu=16, imul=64, registers=65536, shared=164 * 1024, warps=64,
+                  latency=600),
+    "sm_90": dict(sms=132, mma=4096, l2=96, mufu=16, imul=64, registers=65536, shared=228 * 1024, warps=64,
+                  latency=600),
+}
+# Philox-4x32 with 10 rounds: about 4 integer multiplies per round for each dropout draw.
+PHILOX_MULTIPLIES = 40
+# Shared memory a candidate may use: sm_80's entries also serve sm_86/89/12x (99 KB per block, kernels/tiles.py).
+SHARED_CAP = {"sm_80": 99 * 1024, "sm_90": 227 * 1024}
+TABLE_ARCH = {"sm_80": 80, "sm_90": 90}
