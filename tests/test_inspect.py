@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not registry.interpreted(), reason="counting pat
 from electra_fast import cli  # noqa: E402
 from electra_fast.workcount import model, problems, runs  # noqa: E402
 
-# Small vocabularies keep the generator head quick; 64 rows x P = 19 slots = 19 whole row units. With 800 ids
+# Small vocabularies keep the generator head quick; 128 rows x P = 19 slots = 19 whole 128-row units. With 800 ids
 # each vocabulary split is one tile; with 4000 the splits hold several tiles.
-PROBLEM = problems.Problem("linearity", batch=64, seq_len=128, hidden=128, heads=2, embedding=64, vocab=800,
+PROBLEM = problems.Problem("linearity", batch=128, seq_len=128, hidden=128, heads=2, embedding=64, vocab=800,
                            mask_prob=0.15)
 CASES = [(kernel, PROBLEM) for kernel in runs.KERNELS]
 CASES.append(("generator_head", dataclasses.replace(PROBLEM, vocab=4000)))
@@ -138,7 +138,7 @@ def test_generator_head_fused_work_at_the_presets_widths():
     """E = 128, 768, 1024 (ELECTRA small, base, large): the fused design's fwd+bwd FLOPs stay <= 1.4x the three
     GEMMs; E is walked in chunks, each logit tile computed once per pass, so the ratio does not grow with E."""
     for embedding in (128, 768, 1024):
-        problem = dataclasses.replace(PROBLEM, embedding=embedding, batch=64, vocab=1000)
+        problem = dataclasses.replace(PROBLEM, embedding=embedding, batch=128, vocab=1000)
         counts = runs.scaled_counts("generator_head", problem)
         minimum = problems.generator_head_minimum(problem)
         assert counts["fwd+bwd"]["flops"] <= 1.4 * minimum["fwd+bwd"][0], embedding

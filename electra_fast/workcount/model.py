@@ -42,23 +42,35 @@ def aot_rows(path: str | None = None) -> list[dict]:
             return json.load(handle)
 
 
-# Kernels whose tiles come from the tile table per architecture (docs/design.md §7.5): counted with sm_90's.
-TABLE_KERNELS = {"attention_forward_kernel": "attention.forward", "attention_backward_dq_kernel": "attention.dq",
-                 "attention_backward_dkdv_kernel": "attention.dkdv"}
+# Kernels whose tiles come from the tile table per architecture (docs/design.md §7.5): counted with sm_90's,
+# compiled per architecture with its own. Attention's passes are looked up by head dim and dropout; the
+# generator head's one entry per dtype holds both passes' tiles ({constexpr: table field}).
+ATTENTION_TABLE = {"attention_forward_kernel": "attention.forward", "attention_backward_dq_kernel": "attention.dq",
+                   "attention_backward_dkdv_kernel": "attention.dkdv"}
+GENERATOR_HEAD_TABLE = {
+    "generator_head_forward_kernel": {"BLOCK_M": "forward_block_m", "BLOCK_V": "forward_block_v", "BLOCK_E": "block_e"},
+    "generator_head_backward_kernel": {"BLOCK_M": "backward_block_m", "BLOCK_V": "backward_block_v",
+                                       "BLOCK_E": "block_e"},
+}
 
 
 def arch_launch(launch, arch: str) -> tuple[dict, int, int]:
     """(constexprs, num_warps, num_stages) of ``launch`` as a GPU of ``arch`` makes it: a table kernel takes
     that architecture's tiles (bf16's: fp16 has the same), every other launch is the same everywhere."""
-    table_kernel = TABLE_KERNELS.get(launch.kernel)
-    if table_kernel is None:
-        return launch.constexprs, launch.num_warps or 4, launch.num_stages or 3
     from ..kernels import tiles
 
     c = launch.constexprs
-    found = tiles.lookup(table_kernel, "sm_80" if arch == "sm_80" else "sm_90", dtype="bf16", head_dim=c["BLOCK_D"],
-                         dropout=bool(c["DROPOUT"]))
-    return {**c, "BLOCK_M": found["block_m"], "BLOCK_N": found["block_n"]}, found["num_warps"], found["num_stages"]
+    table_arch = "sm_80" if arch == "sm_80" else "sm_90"
+    if launch.kernel in ATTENTION_TABLE:
+        found = tiles.lookup(ATTENTION_TABLE[launch.kernel], table_arch, dtype="bf16", head_dim=c["BLOCK_D"],
+                             dropout=bool(c["DROPOUT"]))
+        blocks = {"BLOCK_M": found["block_m"], "BLOCK_N": found["block_n"]}
+    elif launch.kernel in GENERATOR_HEAD_TABLE:
+        found = tiles.lookup("generator_head", table_arch, dtype="bf16")
+        blocks = {name: found[field] for name, field in GENERATOR_HEAD_TABLE[launch.kernel].items()}
+    else:
+        return c, launch.num_warps or 4, launch.num_stages or 3
+    return {**c, **blocks}, found["num_warps"], found["num_stages"]
 
 
 def aot_figures(launch, rows: list[dict], arch: str = "sm_90a") -> dict | None:

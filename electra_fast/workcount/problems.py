@@ -46,10 +46,10 @@ class Problem:
 
 def problems(which: str) -> list[Problem]:
     """"full": ELECTRA small / base / large at sequence 128 and 512 with the paper's batch sizes; "small": one
-    tiny shape (the tiny preset, batch 64: whole generator-head row tiles) that runs in seconds."""
+    tiny shape (the tiny preset, batch 128: whole generator-head row units) that runs in seconds."""
     if which == "small":
         tiny = PRESETS["tiny"]
-        return [Problem("tiny-L128-B64", 64, 128, tiny.hidden_size, tiny.num_heads, tiny.embedding_size, VOCAB,
+        return [Problem("tiny-L128-B128", 128, 128, tiny.hidden_size, tiny.num_heads, tiny.embedding_size, VOCAB,
                         tiny.mask_prob)]
     return [Problem(f"{size}-L{seq_len}-B{PAPER_BATCH[size]}", PAPER_BATCH[size], seq_len, preset.hidden_size,
                     preset.num_heads, preset.embedding_size, VOCAB, preset.mask_prob)

@@ -102,15 +102,18 @@ def run_rtd_loss(p: Problem, n: tuple) -> dict:
     return {"forward": forward, "backward": backward}
 
 
-# The generator head's scaling units: 64 rows and 128 vocabulary ids, whole tiles of both passes' GPU tiles.
-GENERATOR_ROWS, GENERATOR_VOCAB = 64, 128
+# The generator head's scaling units: 128 rows and 128 vocabulary ids, whole tiles of both passes' GPU tiles
+# (the forward's 64-row tiles and the backward's 128-row ones on sm_90; kernels/tile_table.json).
+GENERATOR_ROWS, GENERATOR_VOCAB = 128, 128
 
 
 def generator_head_units(p: Problem) -> tuple:
     """(row units, vocabulary units). The last vocabulary unit may be partial; scaled runs keep its width."""
     tiles = generator_head.tiles_for_gpu(HALF)
-    assert GENERATOR_ROWS % tiles.forward_block_m == 0 and GENERATOR_ROWS % tiles.backward_block_m == 0
-    assert GENERATOR_VOCAB % tiles.forward_block_v == 0 and GENERATOR_VOCAB % tiles.backward_block_v == 0
+    assert GENERATOR_ROWS % tiles.forward_block_m == 0 and GENERATOR_ROWS % tiles.backward_block_m == 0, (
+        f"the row unit {GENERATOR_ROWS} must hold whole row tiles of both passes: {tiles}")
+    assert GENERATOR_VOCAB % tiles.forward_block_v == 0 and GENERATOR_VOCAB % tiles.backward_block_v == 0, (
+        f"the vocabulary unit {GENERATOR_VOCAB} must hold whole vocabulary tiles of both passes: {tiles}")
     rows = p.batch * p.masked
     assert rows % GENERATOR_ROWS == 0, "scaling is exact only for whole row units"
     return rows // GENERATOR_ROWS, -(-p.vocab // GENERATOR_VOCAB)
