@@ -8,7 +8,7 @@
   shape.
 * Scaling: ELECTRA's shapes are far too big for the interpreter. Each kernel has a unit of work that the grid
   repeats (a masking row, an RTD backward row group, an attention (batch, head) pair, and for the generator
-  head 64 rows and 128 vocabulary ids); with the per-program geometry fixed, each program's work
+  head 128 rows and 128 vocabulary ids); with the per-program geometry fixed, each program's work
   does not depend on how many units there are, so every count is affine in each unit count: counted at two
   values per axis (1 and 2 units; for vocabulary tiles the two fewest that give the real number of splits,
   keeping the last, partial tile) and extrapolated exactly (tests/test_inspect.py checks a third point).
