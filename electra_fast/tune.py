@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import tune_head
-from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH  # shared with tune_head
+from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH, resident_programs
 
 # The shape the model ranks and tune times: ELECTRA-Base at the GPU check's 16 x 512, hidden size 768 (12 heads
 # of 64; 6 of 128 for the 128 head-dim family).
@@ -70,10 +70,7 @@ def model_cost(kernel: str, arch: str, tiles: dict, row: dict, dropout: bool, he
                      (tiles["block_n"], tiles["block_m"]))
     d, length = head_dim, SHAPE["length"]
     programs = math.ceil(length / own) * SHAPE["batch"] * (SHAPE["hidden"] // head_dim)
-    threads = 32 * tiles["num_warps"]
-    per_thread = math.ceil(row["registers"] / 8) * 8
-    resident = min(m["registers"] // (per_thread * threads), m["shared"] // max(row["shared_bytes"], 1),
-                   m["warps"] // tiles["num_warps"])
+    resident = resident_programs(arch, row["registers"], row["shared_bytes"], tiles["num_warps"])
     if resident == 0:
         return math.inf
     waves = math.ceil(programs / (m["sms"] * resident))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH
+from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH, resident_programs
 
 # ELECTRA-Base pre-training's generator head as the issue names it: batch 256 x 512 tokens, 79 masked slots per
 # sequence (15.5 %), E = 768, BERT's vocabulary.
@@ -93,10 +93,7 @@ def model_cost(name: str, arch: str, tiles_: dict, row: dict) -> float:
         splits = min(vocab_tiles, max(1, math.ceil(4 * m["sms"] / row_programs)))
         programs, tiles_per_program, owned = row_programs * splits, math.ceil(vocab_tiles / splits), block_m
     gemms = 1 if name == "forward" else 2
-    threads = 32 * tiles_["num_warps"]
-    per_thread = math.ceil(row["registers"] / 8) * 8
-    resident = min(m["registers"] // (per_thread * threads), m["shared"] // max(row["shared_bytes"], 1),
-                   m["warps"] // tiles_["num_warps"])
+    resident = resident_programs(arch, row["registers"], row["shared_bytes"], tiles_["num_warps"])
     if resident == 0:
         return math.inf
     waves = math.ceil(programs / (m["sms"] * resident))

@@ -1,6 +1,8 @@
 """What the tile pruning's cost models assume of each table architecture (electra_fast.tune, electra_fast.tune_head;
 docs/design.md §7.5)."""
 
+import math
+
 # The model's machine (data-sheet figures per SM and cycle): SMs, dense 16-bit MMA FLOP, L2 bytes, MUFU exp2,
 # 32-bit integer multiplies (Philox), registers, shared memory and warps per SM, load latency in cycles.
 MACHINES = {
@@ -14,3 +16,12 @@ PHILOX_MULTIPLIES = 40
 # Shared memory a candidate may use: sm_80's entries also serve sm_86/89/12x (99 KB per block, kernels/tiles.py).
 SHARED_CAP = {"sm_80": 99 * 1024, "sm_90": 227 * 1024}
 TABLE_ARCH = {"sm_80": 80, "sm_90": 90}
+
+
+def resident_programs(arch: str, registers: int, shared_bytes: int, num_warps: int) -> int:
+    """Programs of a compiled candidate resident on one SM of ``arch`` at once: the fewest that registers
+    (allocated in units of 8 per thread), shared memory or warps allow (0: it does not fit)."""
+    m = MACHINES[arch]
+    per_thread = math.ceil(registers / 8) * 8
+    return min(m["registers"] // (per_thread * 32 * num_warps), m["shared"] // max(shared_bytes, 1),
+               m["warps"] // num_warps)
