@@ -60,12 +60,14 @@ def test_the_scaling_fields_set_the_rtd_groups_and_the_vocabulary_splits():
     with registry.gpu_geometry(sms=132, arch="sm_90", rtd_backward_groups=2):
         assert rtd_loss.backward(*args, *rest)[1].shape == (2, h)  # 2 groups of 32 rows
 
-    # 64 rows, 256 ids in 4 vocabulary tiles: one row program splits the vocabulary 4 ways to fill 132 SMs; as
-    # for 64 * 600 rows (600 row programs, the GPU already full) it does not split.
-    hidden, weight = torch.randn(64, 32, generator=g).half(), torch.randn(256, 32, generator=g).half()
-    targets = torch.randint(0, 256, (64,), generator=g)
+    # One row tile and 4 vocabulary tiles of the table's sm_90 tiles: one row program splits the vocabulary 4 ways
+    # to fill 132 SMs; as for 600 row tiles' rows (600 row programs, the GPU already full) it does not split.
+    tiles = generator_head.tiles_for_gpu(torch.float16, "sm_90")
+    rows, vocab = tiles.forward_block_m, 4 * tiles.forward_block_v
+    hidden, weight = torch.randn(rows, 32, generator=g).half(), torch.randn(vocab, 32, generator=g).half()
+    targets = torch.randint(0, vocab, (rows,), generator=g)
     grids = []
-    for split_rows in (None, 64 * 600):
+    for split_rows in (None, rows * 600):
         with registry.gpu_geometry(sms=132, arch="sm_90", generator_head_split_rows=split_rows):
             with sanitize(skip_dot_math=True) as launches:
                 generator_head.forward(hidden, weight, None, targets, temperature=1.0, disallow_correct=False,
