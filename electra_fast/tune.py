@@ -26,7 +26,15 @@ from pathlib import Path
 import torch
 
 from . import tune_head
-from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH, resident_programs
+from .tune_machines import (
+    MACHINES,
+    PHILOX_MULTIPLIES,
+    SHARED_CAP,
+    TABLE_ARCH,
+    record_lines,
+    resident_programs,
+    time_into_table,
+)
 
 # The shape the model ranks and tune times: ELECTRA-Base at the GPU check's 16 x 512, hidden size 768 (12 heads
 # of 64; 6 of 128 for the 128 head-dim family).
@@ -159,10 +167,10 @@ def _write(records, survivors, out_dir: Path, head_dim: int) -> dict:
             if r["head_dim"] != head_dim]
     listed = kept + [{k: v for k, v in r.items() if k != "failed"} for _, found in sorted(survivors.items())
                      for r in sorted(found, key=_rank)]
-    candidates_path.write_text("[\n" + ",\n".join(" " + json.dumps(r) for r in listed) + "\n]\n")
+    candidates_path.write_text(record_lines(listed))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"pruning-d{head_dim}.json").write_text(
-        "[\n" + ",\n".join(" " + json.dumps(r) for r in records) + "\n]\n")
+        record_lines(records))
     return winners
 
 
@@ -215,10 +223,10 @@ def verify(out_dir: Path) -> int:
         print(f"no survivor compiles cleanly under Triton {triton.__version__} for {missing}", file=sys.stderr)
         return 1
     tiles.TABLE_PATH.write_text(tiles.dumps(table))
-    candidates_path.write_text("[\n" + ",\n".join(" " + json.dumps(r) for r in found) + "\n]\n")
+    candidates_path.write_text(record_lines(found))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"verify-{triton.__version__}.json").write_text(
-        "[\n" + ",\n".join(" " + json.dumps(r) for r in failures) + "\n]\n")
+        record_lines(failures))
     return 0
 
 
@@ -229,8 +237,6 @@ def tune(out: Path | None, kernels: tuple = KERNELS + ("generator_head",), repea
         print("electra-fast tune needs a CUDA GPU: it times the kernels' candidate tiles on the device and "
               "rewrites the tile table (nothing is tuned on the CPU)", file=sys.stderr)
         return 2
-    import triton.testing
-
     from electra_fast.kernels import attention, tiles
 
     arch = tiles.table_arch(torch.cuda.get_device_capability())
@@ -256,24 +262,12 @@ def tune(out: Path | None, kernels: tuple = KERNELS + ("generator_head",), repea
                     return attention.forward(*args)
                 return attention.backward(dout.transpose(1, 2), q, k, v, out, lse, *args[3:])
 
-            timings = []
-            for record in found:
-                if (record["kernel"], record["arch"], record["head_dim"], record["dropout"]) != (
-                        f"attention.{kernel}", arch, d, dropout):
-                    continue
-                tiles_ = {key: record[key] for key in ("block_m", "block_n", "num_warps", "num_stages")}
-                with tiles.using({(f"attention.{kernel}", arch, dtype_name, d, dropout): tiles_}):
-                    ms = triton.testing.do_bench(run, rep=repeats)
-                timings.append((ms, json.dumps(tiles_, sort_keys=True), tiles_))
-                print(f"{kernel} {dtype_name} d={d} dropout={dropout} {tiles_}: {ms:.4f} ms", flush=True)
-            if not timings:
-                continue
-            ms, _, best = min(timings)
-            for entry in table["entries"]:
-                if (entry["kernel"], entry["arch"], entry["dtype"], entry["head_dim"], entry["dropout"]) == (
-                        f"attention.{kernel}", arch, dtype_name, d, dropout):
-                    entry.update(best)
-                    entry["source"] = f"tuned on {name} ({ms:.4f} ms at {b}x{length}, {heads} heads)"
+            candidates = [{k: record[k] for k in ("block_m", "block_n", "num_warps", "num_stages")}
+                          for record in found if (record["kernel"], record["arch"], record["head_dim"],
+                                                  record["dropout"]) == (f"attention.{kernel}", arch, d, dropout)]
+            time_into_table(table, f"attention.{kernel}", arch, dict(dtype=dtype_name, head_dim=d, dropout=dropout),
+                            candidates, run, repeats,
+                            lambda ms: f"tuned on {name} ({ms:.4f} ms at {b}x{length}, {heads} heads)")
     if "generator_head" in kernels:
         tune_head.tune(table, arch, name, repeats)
     text = tiles.dumps(table)

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import torch
 
-from .tune_machines import MACHINES, PHILOX_MULTIPLIES, SHARED_CAP, TABLE_ARCH, resident_programs
+from .tune_machines import (
+    MACHINES,
+    PHILOX_MULTIPLIES,
+    SHARED_CAP,
+    TABLE_ARCH,
+    record_lines,
+    resident_programs,
+    time_into_table,
+)
 
 # ELECTRA-Base pre-training's generator head as the issue names it: batch 256 x 512 tokens, 79 masked slots per
 # sequence (15.5 %), E = 768, BERT's vocabulary.
@@ -146,7 +154,7 @@ def prune(out_dir: Path) -> dict:
             record["model_cycles"] = round(model_cost(record["pass"], record["arch"], tiles_, row))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"pruning-generator-head-{triton.__version__}.json").write_text(
-        "[\n" + ",\n".join(" " + json.dumps(r) for r in records) + "\n]\n")
+        record_lines(records))
     other = _other_records(out_dir, triton.__version__)
     return _write(records, other)
 
@@ -204,7 +212,7 @@ def _write(records: list, other: dict) -> dict:
                                f"modelled cycles forward with gradients + backward, {best['registers']} registers)")
     tiles.TABLE_PATH.write_text(tiles.dumps(table))
     listed = [c for arch in sorted(found) for c in found[arch]]
-    candidates_path().write_text("[\n" + ",\n".join(" " + json.dumps(c) for c in listed) + "\n]\n")
+    candidates_path().write_text(record_lines(listed))
     return winners
 
 
@@ -218,9 +226,7 @@ def candidates_path() -> Path:
 def tune(table: dict, arch: str, name: str, repeats: int = 50) -> None:
     """Time every surviving combination of ``arch`` on this GPU (forward with gradients + backward at SHAPE, in
     bf16 and fp16) and write the fastest into ``table``'s entries (tune.tune writes the file)."""
-    import triton.testing
-
-    from electra_fast.kernels import generator_head, tiles
+    from electra_fast.kernels import generator_head
 
     found = [c for c in json.loads(candidates_path().read_text()) if c["arch"] == arch]
     for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -236,17 +242,7 @@ def tune(table: dict, arch: str, name: str, repeats: int = 50) -> None:
                                              seed=generator_head.AOT_SEED, compute_grad=True)
             return generator_head.backward(hidden, weight, bias, targets, lse, scale)
 
-        timings = []
-        for combination in found:
-            tiles_ = {k: combination[k] for k in TILE_FIELDS}
-            with tiles.using({("generator_head", arch, dtype_name): tiles_}):
-                ms = triton.testing.do_bench(run, rep=repeats)
-            timings.append((ms, json.dumps(tiles_, sort_keys=True), tiles_))
-            print(f"generator_head {dtype_name} {tiles_}: {ms:.4f} ms", flush=True)
-        if not timings:
-            continue
-        ms, _, best = min(timings)
-        for entry in table["entries"]:
-            if (entry["kernel"], entry["arch"], entry["dtype"]) == ("generator_head", arch, dtype_name):
-                entry.update(best)
-                entry["source"] = f"tuned on {name} ({ms:.4f} ms forward with gradients + backward at {rows} x {width})"
+        time_into_table(table, "generator_head", arch, dict(dtype=dtype_name),
+                        [{k: c[k] for k in TILE_FIELDS} for c in found], run, repeats,
+                        lambda ms: f"tuned on {name} ({ms:.4f} ms forward with gradients + backward at "
+                                   f"{rows} x {width})")

@@ -141,3 +141,31 @@ def test_tune_refuses_without_a_gpu_and_leaves_the_table_alone():
     assert result.returncode == 2
     assert "needs a CUDA GPU" in result.stderr
     assert tiles.TABLE_PATH.read_bytes() == before
+
+
+def test_timing_writes_the_fastest_candidate_into_its_entry_only(monkeypatch):
+    """electra-fast tune's shared step (tune_machines.time_into_table) on a fake clock: each candidate is timed
+    with its tiles in force through the launchers' lookup, and only the matching entry takes the fastest."""
+    import triton.testing
+
+    from electra_fast.tune_machines import time_into_table
+
+    table = json.loads(tiles.TABLE_PATH.read_text())
+    key = dict(dtype="bf16", head_dim=64, dropout=False)
+    current = tiles.lookup("attention.forward", "sm_90", **key)
+    candidates = [dict(current, block_m=64, num_stages=stages) for stages in (2, 3, 4)]
+    clock = {2: 3.0, 3: 1.0, 4: 2.0}  # milliseconds per num_stages: the 3-stage candidate is the fastest
+    seen = []
+    run = lambda: seen.append(tiles.lookup("attention.forward", "sm_90", **key))  # noqa: E731
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, rep: (fn(), clock[seen[-1]["num_stages"]])[1])
+    before = copy.deepcopy(table)
+    time_into_table(table, "attention.forward", "sm_90", key, candidates, run, 1, lambda ms: f"timed {ms} ms")
+
+    assert seen == candidates  # each timing ran with its own candidate's tiles
+    changed = [(old, new) for old, new in zip(before["entries"], table["entries"]) if old != new]
+    assert len(changed) == 1
+    old, new = changed[0]
+    assert (new["kernel"], new["arch"], new["dtype"], new["head_dim"], new["dropout"]) == (
+        "attention.forward", "sm_90", "bf16", 64, False)
+    assert {k: new[k] for k in current} == candidates[1] and new["source"] == "timed 1.0 ms"
+    tiles.parse(table)  # still a valid table
