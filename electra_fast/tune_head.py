@@ -72,7 +72,7 @@ def _capture(name: str, arch: str, tiles_: dict):
     jit = [generator_head.generator_head_forward_kernel, generator_head.generator_head_backward_kernel]
     with tiles.using({("generator_head", arch, PRUNED_DTYPE): _full_tiles(tiles_)}), \
             registry._recording(jit, arch, ("wgmma", "async_copy"), launches):
-        generator_head.representative_launch(torch.bfloat16, SHAPE["width"], arch=arch,
+        generator_head.representative_launch(torch.bfloat16, SHAPE["width"],
                                              compute_grad=name != "forward", rows=SHAPE["rows"],
                                              vocab=SHAPE["vocab"])
     kernel = "generator_head_backward_kernel" if name == "backward" else "generator_head_forward_kernel"

@@ -46,7 +46,6 @@ from .registry import (
     SIGNATURE_TYPES,
     TRITON_DTYPES,
     current_geometry,
-    gpu_geometry,
     gpu_tiles,
     interpreted,
     multiprocessors,
@@ -361,22 +360,15 @@ AOT_WIDTHS = (64, 128, 768, 1024)
 AOT_ROWS = 16 * 79
 AOT_VOCAB = 30522
 AOT_SEED = 0x2545F4914F6CDD1D  # a step seed of 62 bits, as electra_fast.rng draws them (do_not_specialize)
-AOT_SMS = {"sm_80": 108, "sm_90": 132}  # the vocabulary splits' SM count (A100, H100); no effect on the binary
 
 
-def representative_launch(dtype: torch.dtype, width: int, *, arch: str, compute_grad: bool, rows: int = AOT_ROWS,
+def representative_launch(dtype: torch.dtype, width: int, *, compute_grad: bool, rows: int = AOT_ROWS,
                           vocab: int = AOT_VOCAB):
     """The forward (with or without gradients) and, with gradients, the backward as the model calls them on a
-    GPU, on CPU tensors (the AOT compile records the launches instead of running them): contiguous hidden rows
-    of the masked slots, the tied [V, E] embedding as weight, a [V] bias, int64 targets, fp32 LSE and row
-    scales, sized for ``arch``'s SM count. torch.empty: only shapes, strides, dtypes and addresses matter to the
-    recorder."""
-    # _vocab_splits sizes the grid from the SM count; the recording runs on the CPU, so the geometry says it.
-    with gpu_geometry(sms=AOT_SMS[arch], arch=arch):
-        _launch(dtype, width, compute_grad, rows, vocab)
-
-
-def _launch(dtype, width, compute_grad, rows, vocab):
+    GPU, on CPU tensors (the AOT compile records the launches instead of running them, as a GPU of the recorded
+    architecture makes them: registry.capture_launches): contiguous hidden rows of the masked slots, the tied
+    [V, E] embedding as weight, a [V] bias, int64 targets, fp32 LSE and row scales. torch.empty: only shapes,
+    strides, dtypes and addresses matter to the recorder."""
     hidden = torch.empty(rows, width, dtype=dtype)
     weight = torch.empty(vocab, width, dtype=dtype)
     bias = torch.empty(vocab, dtype=dtype)
@@ -396,7 +388,7 @@ def _register_launch_configs():
             for dtype in dtypes:
                 for width in AOT_WIDTHS:
                     for compute_grad in (True, False):
-                        representative_launch(dtype, width, arch=arch, compute_grad=compute_grad)
+                        representative_launch(dtype, width, compute_grad=compute_grad)
         return run
 
     register_launches(launches((torch.bfloat16, torch.float16)), expect=("wgmma", "async_copy"))

@@ -124,7 +124,8 @@ def _check_expect(expect):
         raise ValueError(f"unknown expectations {sorted(unknown)}; known: {EXPECTATIONS}")
 
 
-_capture_arch: list = []  # the architecture capture_launches is recording for (empty: launches run)
+# The SM count a recorded launch sizes its grid for, per table architecture (A100, H100); it changes no binary.
+ARCH_SMS = {"sm_80": 108, "sm_90": 132}
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,7 @@ def multiprocessors(device: torch.device) -> int:
 
 def target_arch(device: torch.device) -> str:
     """The tile table's architecture for a GPU launch on ``device`` (kernels/tiles.py maps other GPUs to it):
-    the one being recorded (``capture_launches``), else ``gpu_geometry``'s, else the device's."""
-    if _capture_arch:
-        return _capture_arch[-1]
+    ``gpu_geometry``'s (the one being recorded, ``capture_launches``), else the device's."""
     geometry = _geometry.get()
     if geometry is not None:
         return geometry.arch
@@ -223,13 +222,14 @@ def _value_type(value) -> str:
 
 @contextlib.contextmanager
 def _recording(kernels, arch, expect, out):
+    """Within the block, ``kernels`` record their launches instead of running, on the CPU, as a GPU of ``arch``
+    would make them (``gpu_geometry``: its tiles, grid and SM count)."""
     for kernel in kernels:  # an instance attribute shadows JITFunction.run, which kernel[grid](...) calls
         kernel.run = _Recorder(kernel, arch, expect, out)
-    _capture_arch.append(arch)
     try:
-        yield
+        with gpu_geometry(sms=ARCH_SMS[arch], arch=arch):
+            yield
     finally:
-        _capture_arch.pop()
         for kernel in kernels:
             del kernel.run
 
